@@ -1,0 +1,108 @@
+"""bert_jax's own checkpoint formats (Orbax).
+
+* An exported model directory: ``bert_jax.json`` (format marker + config) and ``params/`` (an Orbax
+  PyTree checkpoint of the parameter tree). ``bert_jax.json`` is written last, so a directory without
+  it is an incomplete export.
+* A training workdir (see `bert_jax.training`): ``bert_jax.json`` plus ``checkpoints/<step>/`` written
+  by an Orbax ``CheckpointManager``; `load_params` takes the newest step's ``params``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import jax
+import numpy as np
+
+from bert_jax.modeling import BertConfig
+
+MARKER = "bert_jax.json"
+FORMAT_VERSION = 1
+
+
+def write_json_atomic(path: str, obj) -> None:
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_marker(directory: str, config: BertConfig, **extra) -> None:
+    meta = {"format": "bert_jax", "version": FORMAT_VERSION, "config": config.to_hf_dict(),
+            "dtype": config.dtype}
+    meta.update(extra)
+    write_json_atomic(os.path.join(directory, MARKER), meta)
+
+
+def read_marker(directory: str):
+    path = os.path.join(directory, MARKER)
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable bert_jax checkpoint marker ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "bert_jax" or "config" not in meta:
+        raise ValueError(f"{path}: not a bert_jax checkpoint marker (needs format=bert_jax and config)")
+    return BertConfig.from_dict(meta["config"], source=path), meta
+
+
+def is_bert_jax_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, MARKER))
+
+
+def save_params(directory: str, config: BertConfig, params) -> str:
+    """Exports ``params`` (host numpy or jax arrays) as a bert_jax model directory."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    target = os.path.join(directory, "params")
+    if os.path.exists(target):
+        raise ValueError(f"{target} already exists; choose an empty output directory")
+    os.makedirs(directory, exist_ok=True)
+    host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(target, host)
+        ckptr.wait_until_finished()
+    write_marker(directory, config)
+    return directory
+
+
+def latest_step_dir(checkpoints_dir: str):
+    steps = [int(d) for d in os.listdir(checkpoints_dir) if d.isdigit()
+             and os.path.isdir(os.path.join(checkpoints_dir, d))]
+    return (max(steps), os.path.join(checkpoints_dir, str(max(steps)))) if steps else (None, None)
+
+
+def _restore_tree(path: str):
+    import orbax.checkpoint as ocp
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            tree = ckptr.restore(path)
+    except Exception as e:  # orbax/tensorstore raise many error types for a damaged checkpoint
+        raise ValueError(f"{path}: cannot restore Orbax checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return jax.tree_util.tree_map(lambda x: np.asarray(x), tree)
+
+
+def load_params(directory: str):
+    """(config, params) from an exported model directory or a training workdir (newest step)."""
+    config, _ = read_marker(directory)
+    if os.path.isdir(os.path.join(directory, "params")):
+        return config, _restore_tree(os.path.join(directory, "params"))
+    ckpt_dir = os.path.join(directory, "checkpoints")
+    if os.path.isdir(ckpt_dir):
+        step, step_dir = latest_step_dir(ckpt_dir)
+        if step is None:
+            raise ValueError(f"{ckpt_dir}: no finished checkpoint step yet")
+        return config, _restore_tree(os.path.join(step_dir, "params"))
+    raise ValueError(f"{directory}: has {MARKER} but neither params/ nor checkpoints/")
