@@ -1,0 +1,145 @@
+"""Pure train/eval steps for MLM + NSP (or SOP) pre-training.
+
+``train_step(state, batch, rng) -> (state, metrics)``. The same function runs under ``jax.pmap``
+(``axis_name`` set: per-device batches, gradients ``psum``-ed) and under ``jax.jit`` over a Mesh
+(``axis_name=None``: the batch is one global array; XLA inserts the collectives).
+
+The loss is normalised by the *global* batch: the MLM loss is the sum of weighted negative
+log-likelihoods over every masked position of the global batch divided by the sum of
+``masked_lm_weights`` (the original's per-batch definition), the NSP loss the mean over all
+examples. The normalisers depend only on the batch, so they are computed before the backward pass;
+each micro-batch (gradient accumulation) and each device contributes ``grad(local_sum) / global_count``,
+and the sum of those is exactly the gradient of the full-batch loss, on any number of devices and hosts.
+
+Batch keys (the TFRecord feature names): ``input_ids``, ``input_mask``, ``segment_ids`` [B, L];
+``masked_lm_positions``, ``masked_lm_ids``, ``masked_lm_weights`` [B, P]; ``next_sentence_labels``
+[B] or [B, 1] (1 = random next sentence, as the original).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+
+BATCH_KEYS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+              "masked_lm_weights", "next_sentence_labels")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+    def apply_gradients(self, grads):
+        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                            opt_state=opt_state)
+
+
+def create_train_state(model, params, tx) -> TrainState:
+    del model  # the step closes over the model; kept for a stable signature
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), tx=tx)
+
+
+def _labels(batch):
+    nsp = batch["next_sentence_labels"]
+    return nsp.reshape(nsp.shape[0]) if nsp.ndim > 1 else nsp
+
+
+def pretrain_sums(model, params, batch, rng=None, deterministic=True):
+    """Forward pass -> per-batch *sums* (not means) of the losses and their counts."""
+    out = model.apply(
+        {"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
+        token_type_ids=batch["segment_ids"], masked_positions=batch["masked_lm_positions"],
+        deterministic=deterministic, rngs=None if deterministic else {"dropout": rng})
+    logp = jax.nn.log_softmax(out.mlm_logits.astype(jnp.float32), axis=-1)
+    ids = batch["masked_lm_ids"].astype(jnp.int32)
+    weights = batch["masked_lm_weights"].astype(jnp.float32)
+    nll = -jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
+    correct = (jnp.argmax(logp, -1) == ids).astype(jnp.float32)
+    labels = _labels(batch).astype(jnp.int32)
+    nsp_logp = jax.nn.log_softmax(out.nsp_logits.astype(jnp.float32), axis=-1)
+    nsp_nll = -jnp.take_along_axis(nsp_logp, labels[:, None], axis=-1)[:, 0]
+    return {
+        "mlm_nll": jnp.sum(nll * weights), "mlm_count": jnp.sum(weights),
+        "mlm_correct": jnp.sum(correct * weights),
+        "nsp_nll": jnp.sum(nsp_nll), "nsp_count": jnp.asarray(labels.shape[0], jnp.float32),
+        "nsp_correct": jnp.sum((jnp.argmax(nsp_logp, -1) == labels).astype(jnp.float32)),
+    }
+
+
+def _sum(x, axis_name):
+    return jax.lax.psum(x, axis_name) if axis_name else x
+
+
+def _split_micro(batch, k):
+    """[B, ...] -> [k, B/k, ...], taking every k-th example (keeps each device's rows local)."""
+    def split(x):
+        if x.shape[0] % k:
+            raise ValueError(f"batch of {x.shape[0]} is not divisible by grad_accum_steps={k}")
+        return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+    return jax.tree_util.tree_map(split, batch)
+
+
+def make_pretrain_step(model: nn.Module, axis_name: Optional[str] = None, grad_accum_steps: int = 1,
+                       learning_rate_fn: Optional[Callable] = None):
+    """Returns ``train_step(state, batch, rng) -> (state, metrics)``; jit/pmap it yourself (donate 0)."""
+    k = int(grad_accum_steps)
+    if k < 1:
+        raise ValueError(f"grad_accum_steps={k} must be >= 1")
+
+    def train_step(state: TrainState, batch, rng):
+        rng = jax.random.fold_in(rng, state.step)
+        if axis_name:
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+        weights = batch["masked_lm_weights"].astype(jnp.float32)
+        mlm_total = jnp.maximum(_sum(jnp.sum(weights), axis_name), 1e-6)
+        nsp_total = _sum(jnp.asarray(weights.shape[0], jnp.float32), axis_name)
+
+        def loss_fn(params, micro, micro_rng):
+            sums = pretrain_sums(model, params, micro, micro_rng, deterministic=False)
+            return sums["mlm_nll"] / mlm_total + sums["nsp_nll"] / nsp_total, sums
+
+        grad_fn = jax.grad(loss_fn, has_aux=True)
+        if k == 1:
+            grads, sums = grad_fn(state.params, batch, rng)
+        else:
+            def body(carry, xs):
+                acc, i = carry
+                g, s = grad_fn(state.params, xs, jax.random.fold_in(rng, i))
+                return (jax.tree_util.tree_map(jnp.add, acc, g), i + 1), s
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+            (grads, _), sums = jax.lax.scan(body, (zeros, 0), _split_micro(batch, k))
+            sums = jax.tree_util.tree_map(lambda x: jnp.sum(x, 0), sums)
+        grads = _sum(grads, axis_name)
+        sums = _sum(sums, axis_name)
+        new_state = state.apply_gradients(grads)
+        metrics = summarize(sums)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        if learning_rate_fn is not None:
+            metrics["learning_rate"] = learning_rate_fn(state.step)
+        return new_state, metrics
+
+    return train_step
+
+
+def summarize(sums):
+    mlm = sums["mlm_nll"] / jnp.maximum(sums["mlm_count"], 1e-6)
+    nsp = sums["nsp_nll"] / jnp.maximum(sums["nsp_count"], 1e-6)
+    return {"loss": mlm + nsp, "mlm_loss": mlm, "nsp_loss": nsp,
+            "mlm_accuracy": sums["mlm_correct"] / jnp.maximum(sums["mlm_count"], 1e-6),
+            "nsp_accuracy": sums["nsp_correct"] / jnp.maximum(sums["nsp_count"], 1e-6)}
+
+
+def make_eval_step(model: nn.Module, axis_name: Optional[str] = None):
+    """``eval_step(params, batch) -> sums`` (add them up over batches, then `summarize`)."""
+    def eval_step(params, batch):
+        return _sum(pretrain_sums(model, params, batch, deterministic=True), axis_name)
+    return eval_step
