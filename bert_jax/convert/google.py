@@ -38,7 +38,7 @@ def read_tensors(prefix: str) -> Dict[str, np.ndarray]:
         reader = tf.train.load_checkpoint(prefix)
         names = reader.get_variable_to_shape_map()
         return {name: np.asarray(reader.get_tensor(name)) for name in names}
-    except (tf.errors.OpError, ValueError) as e:
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:  # TF's reader raises all of these
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{prefix}: corrupt or truncated TF checkpoint ({msg}); both "
                          f"{os.path.basename(prefix)}.index and its .data-* files are needed") from None
