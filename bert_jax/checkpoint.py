@@ -22,7 +22,23 @@ MARKER = "bert_jax.json"
 FORMAT_VERSION = 1
 
 
+def is_remote(path: str) -> bool:
+    """gs:// (and other fsspec-style URLs) go through tf.io.gfile; local paths through os."""
+    return "://" in str(path)
+
+
+def abspath(path: str) -> str:
+    return path if is_remote(path) else os.path.abspath(path)
+
+
 def write_json_atomic(path: str, obj) -> None:
+    if is_remote(path):
+        import tensorflow as tf
+        tmp = path + ".tmp"
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+        return
     d = os.path.dirname(path) or "."
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path))
@@ -47,8 +63,13 @@ def write_marker(directory: str, config: BertConfig, **extra) -> None:
 def read_marker(directory: str):
     path = os.path.join(directory, MARKER)
     try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
+        if is_remote(path):
+            import tensorflow as tf
+            with tf.io.gfile.GFile(path) as f:
+                meta = json.loads(f.read())
+        else:
+            with open(path, encoding="utf-8") as f:
+                meta = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: unreadable bert_jax checkpoint marker ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != "bert_jax" or "config" not in meta:
@@ -57,6 +78,9 @@ def read_marker(directory: str):
 
 
 def is_bert_jax_dir(path: str) -> bool:
+    if is_remote(path):
+        import tensorflow as tf
+        return tf.io.gfile.exists(os.path.join(path, MARKER))
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, MARKER))
 
 

@@ -41,7 +41,11 @@ class TrainingError(ValueError):
 def expand_files(spec: str, what: str) -> List[str]:
     files = []
     for pattern in filter(None, (p.strip() for p in (spec or "").split(","))):
-        files.extend(sorted(glob.glob(pattern)))
+        if ckpt_lib.is_remote(pattern):  # gs://... on Cloud TPU VMs
+            import tensorflow as tf
+            files.extend(sorted(tf.io.gfile.glob(pattern)))
+        else:
+            files.extend(sorted(glob.glob(pattern)))
     if not files:
         raise TrainingError(f"{what}={spec!r} matches no files; pass comma-separated globs of TFRecords "
                             "made by scripts/create_pretraining_data.py")
@@ -237,7 +241,7 @@ class Checkpoints:
     def __init__(self, workdir: str, keep: int, async_save: bool = True):
         import orbax.checkpoint as ocp
         self.ocp = ocp
-        self.dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.dir = os.path.join(ckpt_lib.abspath(workdir), "checkpoints")
         self.manager = ocp.CheckpointManager(
             self.dir, item_names=("params", "train", "meta"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -335,8 +339,7 @@ def make_eval_iterator(config, phase: Phase, tokenizer, per_host_batch: int):
 # ----------------------------------------------------------------------------------------------
 
 def _check_workdir_model(workdir: str, bert_config: modeling.BertConfig):
-    marker = os.path.join(workdir, ckpt_lib.MARKER)
-    if not os.path.isfile(marker):
+    if not ckpt_lib.is_bert_jax_dir(workdir):
         return
     saved, _ = ckpt_lib.read_marker(workdir)
     ours = bert_config.replace(dtype=saved.dtype, remat=saved.remat)
@@ -384,7 +387,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     """Pre-trains (or resumes) in ``workdir``; returns the last logged train and eval metrics."""
     from bert_jax.tokenization import load_tokenizer
 
-    workdir = os.path.abspath(workdir)
+    workdir = ckpt_lib.abspath(workdir)
     if not config.tokenizer:
         raise TrainingError("config.tokenizer is empty: pass the vocab.txt / SentencePiece model that made "
                             "the data (--config.tokenizer=PATH)")
@@ -409,12 +412,13 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                                max_predictions=ph.max_predictions, vocab_size=bert_config.vocab_size,
                                dynamic_masking=bool(config.dynamic_masking))
 
-    os.makedirs(workdir, exist_ok=True)
+    if not ckpt_lib.is_remote(workdir):
+        os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
-        ckpt_lib.write_marker(workdir, bert_config, tokenizer=os.path.abspath(config.tokenizer))
+        ckpt_lib.write_marker(workdir, bert_config, tokenizer=ckpt_lib.abspath(config.tokenizer))
         ckpt_lib.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
         tokenizer_dir = os.path.join(workdir, "tokenizer")
-        if not os.path.isdir(tokenizer_dir):
+        if not ckpt_lib.is_remote(workdir) and not os.path.isdir(tokenizer_dir):
             tokenizer.save(tokenizer_dir)
 
     trainer = Trainer(config, bert_config, total_steps)
