@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. bert_jax/configs/pretrain.py:size=tiny",
@@ -29,6 +29,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # Orbax logs every file it writes at INFO
+        logging.set_verbosity(logging.WARNING)
     from bert_jax.training import loop, parallel
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:

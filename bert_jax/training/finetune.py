@@ -1,0 +1,391 @@
+"""Fine-tuning: pure steps for the task heads and a small epoch loop with best-on-dev selection.
+
+Shared by every experiment in ``experiments/`` (classification, regression, token classification,
+question answering): the experiments own their data and metrics; this module owns the optimisation.
+It runs under ``jax.jit`` over the same ``("data", "fsdp", "tensor")`` mesh as pre-training, so one
+device or many use the same code.
+
+Batches are dicts of numpy arrays: ``input_ids``, ``token_type_ids``, ``attention_mask`` [B, L],
+``weights`` [B] (0 for padding rows, so every batch has the same shape and nothing recompiles), and
+the labels of the head: ``labels`` [B] (class id or float score) / [B, L] (token tags, -100 ignored),
+or ``start_positions`` / ``end_positions`` [B] for question answering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable, Dict, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bert_jax import modeling
+from bert_jax.training import optim, parallel
+
+KINDS = ("classification", "regression", "token", "qa")
+INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
+IGNORE_INDEX = -100
+
+
+def build_model(config: modeling.BertConfig, kind: str, num_labels: int):
+    if kind in ("classification", "regression"):
+        return modeling.BertForSequenceClassification(config, num_labels=1 if kind == "regression" else num_labels)
+    if kind == "token":
+        return modeling.BertForTokenClassification(config, num_labels=num_labels)
+    if kind == "qa":
+        return modeling.BertForQuestionAnswering(config)
+    raise ValueError(f"kind={kind!r}: choose one of {KINDS}")
+
+
+def init_params(model, rng, pretrained: Optional[Mapping] = None, source: str = ""):
+    """Fresh parameters for ``model``; with ``pretrained`` (a `load_pretrained` tree) its encoder
+    (``pretrained["bert"]``) replaces the fresh one. Pre-training heads are dropped; a fine-tuning head
+    of the right shape is kept (re-evaluating a fine-tuned checkpoint). Shapes must match."""
+    from bert_jax.convert.mapping import flatten
+
+    fresh = modeling.init_params(model, rng)
+    if pretrained is None:
+        return fresh
+    if "bert" not in pretrained:
+        raise ValueError(f"{source}: checkpoint has no encoder at params['bert']")
+    flat_fresh = flatten(fresh)
+    flat_pre = {k: v for k, v in flatten(pretrained).items() if k[0] != "cls"}
+    problems = [f"{'/'.join(k)}: checkpoint {tuple(v.shape)} vs model {tuple(flat_fresh[k].shape)}"
+                for k, v in flat_pre.items() if k in flat_fresh and tuple(v.shape) != tuple(flat_fresh[k].shape)
+                and k[0] == "bert"]
+    if problems:
+        raise ValueError(f"{source}: checkpoint does not fit the model config:\n  " + "\n  ".join(problems))
+
+    def pick(path, x):
+        key = tuple(getattr(k, "key", str(k)) for k in path)
+        v = flat_pre.get(key)
+        return jnp.asarray(v, x.dtype) if v is not None and tuple(v.shape) == tuple(x.shape) else x
+    return jax.tree_util.tree_map_with_path(pick, fresh)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses and steps
+# ----------------------------------------------------------------------------------------------
+
+def _forward(model, params, batch, deterministic, rng=None):
+    return model.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
+                       token_type_ids=batch["token_type_ids"], deterministic=deterministic,
+                       rngs=None if deterministic else {"dropout": rng})
+
+
+def _weighted_ce(logits, labels, weights):
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    safe = jnp.where(labels < 0, 0, labels).astype(jnp.int32)
+    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def loss_sums(kind: str, outputs, batch):
+    """(sum of losses, sum of weights) for one batch."""
+    w = batch["weights"].astype(jnp.float32)
+    if kind == "classification":
+        return _weighted_ce(outputs, batch["labels"], w)
+    if kind == "regression":
+        err = (outputs[:, 0] - batch["labels"].astype(jnp.float32)) ** 2
+        return jnp.sum(err * w), jnp.sum(w)
+    if kind == "token":
+        tok_w = (batch["labels"] != IGNORE_INDEX).astype(jnp.float32) * w[:, None]
+        return _weighted_ce(outputs, batch["labels"], tok_w)
+    if kind == "qa":
+        s, n = _weighted_ce(outputs.start_logits, batch["start_positions"], w)
+        e, _ = _weighted_ce(outputs.end_logits, batch["end_positions"], w)
+        return (s + e) / 2.0, n
+    raise ValueError(f"kind={kind!r}")
+
+
+def make_train_step(model, kind: str, tx: optax.GradientTransformation):
+    """``(params, opt_state, batch, rng, step) -> (params, opt_state, loss)``; jit it (donate 0, 1)."""
+    def train_step(params, opt_state, batch, rng, step):
+        rng = jax.random.fold_in(rng, step)
+
+        def loss_fn(p):
+            total, count = loss_sums(kind, _forward(model, p, batch, False, rng), batch)
+            return total / jnp.maximum(count, 1e-6)
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+    return train_step
+
+
+def make_predict_step(model):
+    def predict_step(params, batch):
+        out = _forward(model, params, batch, True)
+        if isinstance(out, modeling.QuestionAnsweringOutput):
+            return jnp.stack([out.start_logits, out.end_logits], axis=-1)
+        return out
+    return predict_step
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching
+# ----------------------------------------------------------------------------------------------
+
+def iterate_batches(arrays: Mapping[str, np.ndarray], batch_size: int, rng: Optional[np.random.Generator] = None,
+                    keys=None):
+    """Fixed-size batches (last one padded with weight-0 rows); shuffled when ``rng`` is given."""
+    n = len(arrays["input_ids"])
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    keys = keys or [k for k in arrays if k not in ("idx",)]
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        pad = batch_size - len(idx)
+        batch = {}
+        for k in keys:
+            x = np.asarray(arrays[k])[idx]
+            if pad:
+                x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+            batch[k] = x
+        w = np.ones(batch_size, np.float32)
+        if pad:
+            w[-pad:] = 0.0
+        batch["weights"] = w
+        yield batch, len(idx)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class FinetuneResult:
+    best_metrics: Dict[str, float]      # dev metrics of the best epoch (by main_metric)
+    best_epoch: int
+    history: list                       # per epoch: {"epoch", "train_loss", "dev": {...}}
+    steps: int
+    params: object                      # the best parameters (host numpy)
+    seconds: float
+    finetuner: "Finetuner" = None       # compiled predict for the best parameters
+
+
+class Finetuner:
+    """Compiled fine-tuning steps for one model + optimizer, on all devices (data parallel)."""
+
+    def __init__(self, model, kind: str, opt_cfg: ml_collections.ConfigDict, mesh_shape=(-1, 1, 1)):
+        self.model, self.kind = model, kind
+        self.tx = optim.make_optimizer(opt_cfg)
+        self.schedule = optim.make_schedule(opt_cfg)
+        self.mesh = parallel.make_mesh(tuple(mesh_shape))
+        self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self._train = jax.jit(make_train_step(model, kind, self.tx), donate_argnums=(0, 1))
+        self._predict = jax.jit(make_predict_step(model))
+
+    def put(self, batch):
+        return parallel.global_batch_from_host(batch, self.mesh)
+
+    def predict(self, params, arrays, batch_size: int) -> np.ndarray:
+        outs = []
+        for batch, n in iterate_batches(arrays, batch_size, keys=list(INPUT_KEYS)):
+            outs.append(np.asarray(jax.device_get(self._predict(params, self.put(batch))))[:n])
+        return np.concatenate(outs)
+
+
+def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Mapping[str, np.ndarray],
+             evaluate: Callable[[np.ndarray], Dict[str, float]], main_metric: str, cfg, seed: int = 0,
+             writer=None, label: str = "") -> FinetuneResult:
+    """Trains for ``cfg.num_epochs`` epochs; after each, ``evaluate(dev_outputs)`` gives dev metrics; the
+    best epoch by ``main_metric`` (higher is better) is kept; stops early after
+    ``cfg.early_stopping_patience`` epochs without improvement (0: never).
+
+    cfg: learning_rate, num_epochs, global_batch_size, warmup_proportion, weight_decay, eval_batch_size,
+    [grad_clip_norm, adam_*, mesh_shape]."""
+    n = len(train["input_ids"])
+    if n == 0:
+        raise ValueError("the training set is empty")
+    bs = int(cfg.global_batch_size)
+    if bs % jax.device_count():
+        raise ValueError(f"global_batch_size={bs} must be divisible by the {jax.device_count()} devices")
+    steps_per_epoch = math.ceil(n / bs)
+    total = max(1, int(round(float(cfg.num_epochs) * steps_per_epoch)))
+    opt_cfg = ml_collections.ConfigDict(dict(
+        learning_rate=float(cfg.learning_rate), num_train_steps=total,
+        warmup_steps=int(round(float(cfg.get("warmup_proportion", 0.1)) * total)),
+        weight_decay=float(cfg.get("weight_decay", 0.01)), optimizer="adamw",
+        adam_b1=0.9, adam_b2=0.999, adam_eps=1e-6, grad_clip_norm=float(cfg.get("grad_clip_norm", 1.0))))
+    ft = Finetuner(model, kind, opt_cfg, cfg.get("mesh_shape", (-1, 1, 1)))
+    params = jax.device_put(params, ft.replicated)
+    opt_state = jax.jit(ft.tx.init)(params)
+    rng = jax.random.PRNGKey(seed)
+    np_rng = np.random.default_rng(seed)
+    eval_bs = int(cfg.get("eval_batch_size", bs))
+    eval_bs += (-eval_bs) % jax.device_count()
+    patience = int(cfg.get("early_stopping_patience", 0))
+
+    best, best_epoch, best_params, history, step = None, -1, None, [], 0
+    t_start = time.time()
+    epochs = math.ceil(float(cfg.num_epochs))
+    for epoch in range(epochs):
+        losses = []
+        for batch, _ in iterate_batches(train, bs, np_rng):
+            if step >= total:
+                break
+            params, opt_state, loss = ft._train(params, opt_state, ft.put(batch), rng, step)
+            losses.append(loss)
+            step += 1
+        train_loss = float(np.mean(jax.device_get(losses))) if losses else float("nan")
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"{label} train loss is {train_loss} in epoch {epoch + 1}; lower the "
+                                     f"learning rate ({cfg.learning_rate})")
+        dev_metrics = evaluate(ft.predict(params, dev, eval_bs))
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": train_loss, "dev": dev_metrics})
+        elapsed = time.time() - t_start
+        eta = elapsed / step * (total - step) if step else 0.0
+        print(f"{label} epoch {epoch + 1}/{epochs} step {step}/{total} train_loss {train_loss:.4f} "
+              f"dev {main_metric} {dev_metrics[main_metric]:.4f} ({step / elapsed:.1f} steps/s, ETA {eta:.0f}s)",
+              flush=True)
+        if writer is not None:
+            writer.write_scalars(step, {"train/loss": train_loss, "train/learning_rate": float(ft.schedule(step - 1)),
+                                        **{f"eval/{k}": v for k, v in dev_metrics.items()}})
+        if best is None or dev_metrics[main_metric] > best[main_metric]:
+            best, best_epoch = dev_metrics, epoch + 1
+            best_params = jax.device_get(params)
+        elif patience and epoch + 1 - best_epoch >= patience:
+            print(f"{label} early stop: no {main_metric} gain for {patience} epochs", flush=True)
+            break
+        if step >= total:
+            break
+    return FinetuneResult(best_metrics=best, best_epoch=best_epoch, history=history, steps=step,
+                          params=best_params, seconds=time.time() - t_start, finetuner=ft)
+
+
+# ----------------------------------------------------------------------------------------------
+# The protocol shared by the experiments: checkpoint + tokenizer, lr x seed sweep, results.json
+# ----------------------------------------------------------------------------------------------
+
+def _tokenizer_path_for(checkpoint: str) -> str:
+    """Where a checkpoint keeps its tokenizer: ``tokenizer/`` of a bert_jax workdir, else the dir."""
+    import os
+    for cand in (os.path.join(checkpoint, "tokenizer"), checkpoint):
+        if os.path.isdir(cand):
+            return cand
+    return os.path.dirname(checkpoint)
+
+
+def load_model_and_tokenizer(config):
+    """(BertConfig, pretrained params or None, tokenizer) from ``init_checkpoint`` / ``tokenizer`` /
+    ``model_size``; the tokenizer's vocab must match the checkpoint's."""
+    from bert_jax.convert import load_pretrained
+    from bert_jax.tokenization import check_vocab_size, load_tokenizer
+
+    if config.init_checkpoint:
+        model_config, pretrained = load_pretrained(config.init_checkpoint)
+        tok_path = config.tokenizer or _tokenizer_path_for(config.init_checkpoint)
+        tokenizer = load_tokenizer(tok_path)
+        check_vocab_size(tokenizer, model_config.vocab_size, what=f"checkpoint {config.init_checkpoint}")
+    else:
+        if not config.tokenizer:
+            raise ValueError("random init (empty init_checkpoint) needs --config.tokenizer (vocab.txt or "
+                             "SentencePiece .model) to size the vocabulary")
+        tokenizer = load_tokenizer(config.tokenizer)
+        model_config, pretrained = modeling.BertConfig.named(config.model_size, vocab_size=tokenizer.vocab_size), None
+    if config.max_seq_length > model_config.max_position_embeddings:
+        raise ValueError(f"max_seq_length={config.max_seq_length} exceeds the model's max_position_embeddings="
+                         f"{model_config.max_position_embeddings}")
+    model_config = model_config.replace(hidden_dropout_prob=float(config.get("hidden_dropout_prob", 0.1)))
+    return model_config, pretrained, tokenizer
+
+
+def parse_list(value, cast):
+    if isinstance(value, (list, tuple)):
+        return [cast(v) for v in value]
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        raise ValueError(f"empty list {value!r}")
+    try:
+        return [cast(v) for v in items]
+    except ValueError:
+        raise ValueError(f"cannot read {value!r} as comma-separated {cast.__name__}s") from None
+
+
+def run_protocol(config, workdir, model_config, pretrained, kind, num_labels, train, dev, evaluate,
+                 main_metric, task="") -> dict:
+    """The fine-tuning protocol: every learning rate x seed; the lr with the best median dev
+    ``main_metric`` wins; reported metrics are medians over seeds at that lr."""
+    import os
+
+    from clu import metric_writers
+
+    lrs = parse_list(config.learning_rates, float) if config.get("learning_rates") else [float(config.learning_rate)]
+    seeds = parse_list(config.seeds, int)
+    runs, best = [], None
+    for lr in lrs:
+        for seed in seeds:
+            run_cfg = ml_collections.ConfigDict(config.to_dict())
+            run_cfg.learning_rate = lr
+            model = build_model(model_config, kind, num_labels)
+            params = init_params(model, jax.random.PRNGKey(seed), pretrained, config.get("init_checkpoint", ""))
+            writer = metric_writers.create_default_writer(os.path.join(workdir, "tb", f"lr{lr:g}_seed{seed}"),
+                                                          just_logging=jax.process_index() > 0)
+            res = finetune(model, kind, params, train, dev, evaluate, main_metric, run_cfg, seed=seed,
+                           writer=writer, label=f"[{task} lr={lr:g} seed={seed}]")
+            writer.close()
+            runs.append({"learning_rate": lr, "seed": seed, "dev_metrics": res.best_metrics,
+                         "best_epoch": res.best_epoch, "steps": res.steps, "seconds": round(res.seconds, 1),
+                         "history": res.history})
+            if best is None or res.best_metrics[main_metric] > best["result"].best_metrics[main_metric]:
+                best = {"result": res, "lr": lr, "seed": seed}
+            else:
+                del res
+
+    def median_at(lr):
+        return float(np.median([r["dev_metrics"][main_metric] for r in runs if r["learning_rate"] == lr]))
+    best_lr = max(lrs, key=median_at)
+    at_best = [r for r in runs if r["learning_rate"] == best_lr]
+    metrics = {k: float(np.median([r["dev_metrics"][k] for r in at_best])) for k in at_best[0]["dev_metrics"]}
+    values = np.array([r["dev_metrics"][main_metric] for r in at_best])
+    if best["lr"] != best_lr:  # predictions come from the best seed of the chosen lr
+        best = None
+    result = {
+        "task": task, "main_metric": main_metric, "metrics": metrics,
+        "spread": {"min": float(values.min()), "max": float(values.max()), "std": float(values.std()),
+                   "n": int(len(values))},
+        "best_learning_rate": best_lr, "seeds": seeds, "learning_rates": lrs,
+        "init_checkpoint": config.get("init_checkpoint", "") or None,
+        "model_config": model_config.to_hf_dict(), "steps": int(at_best[0]["steps"]),
+        "config": config.to_dict(), "runs": runs,
+    }
+    if best is None:  # re-run the chosen lr's best seed to have its parameters (rare: sweep only)
+        seed = max(at_best, key=lambda r: r["dev_metrics"][main_metric])["seed"]
+        run_cfg = ml_collections.ConfigDict(config.to_dict())
+        run_cfg.learning_rate = best_lr
+        model = build_model(model_config, kind, num_labels)
+        params = init_params(model, jax.random.PRNGKey(seed), pretrained, config.get("init_checkpoint", ""))
+        res = finetune(model, kind, params, train, dev, evaluate, main_metric, run_cfg, seed=seed,
+                       label=f"[{task} best lr={best_lr:g} seed={seed}]")
+        best = {"result": res, "lr": best_lr, "seed": seed}
+    if config.get("save_best_model", False) and jax.process_index() == 0:
+        _save_model(os.path.join(workdir, "best_model"), model_config, best["result"].params)
+        result["best_model"] = os.path.join(workdir, "best_model")
+    result["_best"] = {"params": best["result"].params, "finetuner": best["result"].finetuner,
+                       "seed": best["seed"]}
+    return result
+
+
+def _save_model(path, model_config, params):
+    import os
+    import shutil
+
+    from bert_jax import checkpoint
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    checkpoint.save_params(tmp, model_config, params)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def write_results(workdir, result):
+    import os
+
+    from bert_jax import checkpoint
+    if jax.process_index() == 0:
+        checkpoint.write_json_atomic(os.path.join(workdir, "results.json"),
+                                     {k: v for k, v in result.items() if not k.startswith("_")})

@@ -1,0 +1,124 @@
+r"""Fine-tune BERT for sentence(-pair) classification / regression. See config.py for the commands.
+
+Writes ``workdir/results.json``: ``metrics`` (dev metrics of the best learning rate, median over
+seeds), ``runs`` (every lr x seed with its per-epoch history), data sizes, steps, the config; plus
+TensorBoard summaries per run under ``workdir/tb/`` and, for GLUE test splits, submission files.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "experiments/classification/config.py:task=...",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Output directory (results.json, TensorBoard, predictions).")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def load_task(config, workdir: str):
+    """(spec, {"train": examples, "dev": examples, ["test": examples]}) for the configured task."""
+    from bert_jax.tasks import classification as cls
+
+    if config.task == "csv":
+        if not config.train_file or not config.eval_file:
+            raise ValueError("task=csv needs --config.train_file and --config.eval_file")
+        spec = cls.local_task_spec(config.train_file, config.text_fields, config.label_field,
+                                   regression=config.regression)
+        splits = {"train": cls.load_local(config.train_file, spec), "dev": cls.load_local(config.eval_file, spec)}
+        if config.test_file:
+            splits["test"] = cls.load_local(config.test_file, spec, labelled=False)
+        return spec, splits
+    if config.task == "rotten_tomatoes":
+        out_dir = os.path.join(workdir, "data")
+        files = cls.prepare_rotten_tomatoes(out_dir)
+        spec = cls.local_task_spec(files["train"], "text", "label")
+        return spec, {name: cls.load_local(files[name], spec) for name in ("train", "dev", "test")}
+    spec = cls.get_task(config.task)
+    data_dir = config.data_dir or None
+    splits = {"dev": cls.load_glue(spec, spec.eval_splits[0], data_dir=data_dir)}
+    if spec.train_split:
+        splits["train"] = cls.load_glue(spec, spec.train_split, data_dir=data_dir)
+    for extra in spec.eval_splits[1:]:
+        splits[f"dev_{extra}"] = cls.load_glue(spec, extra, data_dir=data_dir)
+    for test in spec.test_splits:
+        splits[f"test:{test}"] = cls.load_glue(spec, test, data_dir=data_dir)
+    return spec, splits
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    import numpy as np
+
+    from bert_jax.tasks import classification as cls
+    from bert_jax.training import finetune
+
+    os.makedirs(workdir, exist_ok=True)
+    spec, splits = load_task(config, workdir)
+    if "train" not in splits:
+        raise ValueError(f"task {spec.name} has no training split (AX is scored with an MNLI model)")
+    model_config, pretrained, tokenizer = finetune.load_model_and_tokenizer(config)
+    train_ex = splits["train"]
+    if config.train_fraction < 1.0:
+        n = max(1, int(round(config.train_fraction * len(train_ex))))
+        train_ex = train_ex.subset(np.random.default_rng(config.data_seed).permutation(len(train_ex))[:n])
+    encoded = {name: cls.encode_examples(tokenizer, ex, config.max_seq_length) for name, ex in splits.items()}
+    encoded["train"] = cls.encode_examples(tokenizer, train_ex, config.max_seq_length)
+    kind = "regression" if spec.is_regression else "classification"
+
+    def evaluate(name):
+        labels = encoded[name]["labels"]
+
+        def fn(outputs):
+            preds = outputs[:, 0] if kind == "regression" else outputs.argmax(-1)
+            return spec.metrics(labels, preds)
+        return fn
+
+    result = finetune.run_protocol(
+        config, workdir, model_config, pretrained, kind, spec.num_labels, encoded["train"], encoded["dev"],
+        evaluate("dev"), spec.main_metric, task=config.task)
+
+    # Extra dev sets (MNLI mismatched), labelled local test files, GLUE submissions: with the best run.
+    best = result.pop("_best")
+    for name, arrays in encoded.items():
+        if name in ("train", "dev"):
+            continue
+        outputs = best["finetuner"].predict(best["params"], arrays, int(config.eval_batch_size))
+        preds = outputs[:, 0] if kind == "regression" else outputs.argmax(-1)
+        if name.startswith("test:"):
+            split = name.split(":", 1)[1]
+            labels = np.asarray(arrays["labels"])
+            if spec.is_glue:
+                path = cls.write_glue_submission(spec, split, arrays["idx"], preds, os.path.join(workdir, "glue_test"))
+                result.setdefault("glue_submission_files", []).append(path)
+            elif (labels >= 0).all():
+                result["test_metrics"] = spec.metrics(labels, preds)
+        elif name == "test" and (np.asarray(arrays["labels"]) >= 0).all():
+            result["test_metrics"] = spec.metrics(arrays["labels"], preds)
+        else:
+            result[f"{name}_metrics"] = spec.metrics(arrays["labels"], preds)
+    result["data_sizes"] = {name: int(len(a["input_ids"])) for name, a in encoded.items()}
+    finetune.write_results(workdir, result)
+    print(f"{config.task}: dev {spec.main_metric} {result['metrics'][spec.main_metric]:.4f} (median of "
+          f"{len(result['seeds'])} seed(s), lr {result['best_learning_rate']:g})"
+          + (f"; test {spec.main_metric} {result['test_metrics'][spec.main_metric]:.4f}"
+             if "test_metrics" in result else "") + f" -> {os.path.join(workdir, 'results.json')}", flush=True)
+    return result
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # Orbax logs every file it writes at INFO
+        logging.set_verbosity(logging.WARNING)
+    try:
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (ValueError, FloatingPointError) as e:
+        raise SystemExit(f"classification: {e}") from None
+
+
+if __name__ == "__main__":
+    app.run(main)
