@@ -100,5 +100,7 @@ def get_config(arg=None):
     c.eval_batches = 50
     c.checkpoint_every_steps = 5_000
     c.keep_checkpoints = 3
+    c.max_steps_this_run = 0            # >0: save and exit after this many steps (job time limits);
+                                        # the next run resumes where this one stopped
     c.peak_flops = 0.0                  # per device, for MFU; 0 = look up the chip, or skip on CPU
     return c

@@ -416,7 +416,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         ckpt_lib.write_marker(workdir, bert_config, tokenizer=ckpt_lib.abspath(config.tokenizer))
-        ckpt_lib.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+        ckpt_lib.write_json_atomic(os.path.join(workdir, "train_config.json"), config.to_dict())
         tokenizer_dir = os.path.join(workdir, "tokenizer")
         if not ckpt_lib.is_remote(workdir) and not os.path.isdir(tokenizer_dir):
             tokenizer.save(tokenizer_dir)
@@ -461,6 +461,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     last_saved = latest
     step = start_step
     peak = _peak_flops(config)
+    run_limit = start_step + int(config.max_steps_this_run) if config.get("max_steps_this_run") else None
     with PreemptionFlag() as preempt:
         for ph in phases:
             if step >= ph.end_step:
@@ -483,6 +484,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                 acc = metrics if acc is None else jax.tree_util.tree_map(jnp.add, acc, metrics)
                 acc_n += 1
                 stop = _any_process(preempt.requested) if step % 10 == 0 or step == ph.end_step else False
+                paused = run_limit is not None and step >= run_limit and step < total_steps
+                stop = stop or paused
                 meta = {"step": step, "rng": np.asarray(jax.random.key_data(train_rng)
                                                         if jnp.issubdtype(train_rng.dtype, jax.dtypes.prng_key)
                                                         else train_rng).tolist(),
@@ -527,7 +530,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                     last_saved = step
                 if stop:
                     if jax.process_index() == 0:
-                        print(f"SIGTERM: saved step {step} to {checkpoints.dir}; exiting", flush=True)
+                        why = "max_steps_this_run reached" if paused else "SIGTERM"
+                        print(f"{why}: saved step {step} to {checkpoints.dir}; exiting", flush=True)
                     checkpoints.close()
                     writer.flush()
                     return {"train": last_train, "eval": last_eval, "step": step, "preempted": True}
