@@ -38,8 +38,14 @@ def get_config(arg=None):
     paper_recipe = arg.size in ("base", "large")
     c = ml_collections.ConfigDict()
     c.size = arg.size
-    # Architecture overrides on top of the named size (any BertConfig field), e.g. hidden_dropout_prob.
-    c.model = ml_collections.ConfigDict()
+    # Architecture overrides on top of the named size (None = the size's value), e.g.
+    # --config.model.hidden_dropout_prob=0.0 or --config.model.num_hidden_layers=3.
+    c.model = ml_collections.ConfigDict({
+        name: ml_collections.config_dict.placeholder(kind) for name, kind in (
+            ("hidden_size", int), ("num_hidden_layers", int), ("num_attention_heads", int),
+            ("intermediate_size", int), ("hidden_act", str), ("hidden_dropout_prob", float),
+            ("attention_probs_dropout_prob", float), ("max_position_embeddings", int),
+            ("type_vocab_size", int), ("initializer_range", float), ("layer_norm_eps", float))})
     c.dtype = "float32"                 # compute dtype; "bfloat16" on TPU/GPU (params stay fp32)
     c.remat = False                     # jax.checkpoint each layer (large batches / long sequences)
 

@@ -32,6 +32,12 @@ INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
 IGNORE_INDEX = -100
 
 
+def score(metrics: Mapping[str, float], name: str) -> float:
+    """The selection score: higher is better; NaN (e.g. a correlation of constant predictions) is worst."""
+    v = float(metrics[name])
+    return v if math.isfinite(v) else -math.inf
+
+
 def build_model(config: modeling.BertConfig, kind: str, num_labels: int):
     if kind in ("classification", "regression"):
         return modeling.BertForSequenceClassification(config, num_labels=1 if kind == "regression" else num_labels)
@@ -245,7 +251,7 @@ def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Map
         if writer is not None:
             writer.write_scalars(step, {"train/loss": train_loss, "train/learning_rate": float(ft.schedule(step - 1)),
                                         **{f"eval/{k}": v for k, v in dev_metrics.items()}})
-        if best is None or dev_metrics[main_metric] > best[main_metric]:
+        if best is None or score(dev_metrics, main_metric) > score(best, main_metric):
             best, best_epoch = dev_metrics, epoch + 1
             best_params = jax.device_get(params)
         elif patience and epoch + 1 - best_epoch >= patience:
@@ -331,13 +337,13 @@ def run_protocol(config, workdir, model_config, pretrained, kind, num_labels, tr
             runs.append({"learning_rate": lr, "seed": seed, "dev_metrics": res.best_metrics,
                          "best_epoch": res.best_epoch, "steps": res.steps, "seconds": round(res.seconds, 1),
                          "history": res.history})
-            if best is None or res.best_metrics[main_metric] > best["result"].best_metrics[main_metric]:
+            if best is None or score(res.best_metrics, main_metric) > score(best["result"].best_metrics, main_metric):
                 best = {"result": res, "lr": lr, "seed": seed}
             else:
                 del res
 
     def median_at(lr):
-        return float(np.median([r["dev_metrics"][main_metric] for r in runs if r["learning_rate"] == lr]))
+        return float(np.median([score(r["dev_metrics"], main_metric) for r in runs if r["learning_rate"] == lr]))
     best_lr = max(lrs, key=median_at)
     at_best = [r for r in runs if r["learning_rate"] == best_lr]
     metrics = {k: float(np.median([r["dev_metrics"][k] for r in at_best])) for k in at_best[0]["dev_metrics"]}
@@ -354,7 +360,7 @@ def run_protocol(config, workdir, model_config, pretrained, kind, num_labels, tr
         "config": config.to_dict(), "runs": runs,
     }
     if best is None:  # re-run the chosen lr's best seed to have its parameters (rare: sweep only)
-        seed = max(at_best, key=lambda r: r["dev_metrics"][main_metric])["seed"]
+        seed = max(at_best, key=lambda r: score(r["dev_metrics"], main_metric))["seed"]
         run_cfg = ml_collections.ConfigDict(config.to_dict())
         run_cfg.learning_rate = best_lr
         model = build_model(model_config, kind, num_labels)

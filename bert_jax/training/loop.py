@@ -117,7 +117,8 @@ def make_phases(config, total_steps: int) -> List[Phase]:
 # ----------------------------------------------------------------------------------------------
 
 def model_config(config, vocab_size: int) -> modeling.BertConfig:
-    overrides = dict(config.model) if config.get("model") else {}
+    overrides = {k: v for k, v in (config.model.to_dict() if config.get("model") else {}).items()
+                 if v is not None}
     max_len = max([config.seq_len] + [int(p.seq_len) for p in config.phases])
     overrides.setdefault("max_position_embeddings", max(512, max_len))
     return modeling.BertConfig.named(config.size, vocab_size=vocab_size, dtype=config.dtype,
@@ -311,27 +312,47 @@ def _any_process(flag: bool) -> bool:
 # Data
 # ----------------------------------------------------------------------------------------------
 
-def make_train_iterator(config, phase: Phase, tokenizer, per_host_batch: int, data_state=None):
+def _iterator(config, files, phase: Phase, tokenizer, per_host_batch: int, seed: int, shuffle: bool,
+              state=None):
     from bert_jax.data import pipeline
+    return pipeline.make_iterator(
+        files, batch_size=per_host_batch, max_seq_length=phase.seq_len,
+        max_predictions_per_seq=phase.max_predictions, seed=seed, shuffle=shuffle,
+        shuffle_buffer=int(config.shuffle_buffer), shuffle_files=shuffle,
+        dynamic_masking=bool(config.dynamic_masking), masked_lm_prob=float(config.masked_lm_prob),
+        whole_word_mask=bool(config.whole_word_mask), tokenizer=tokenizer, state=state)
+
+
+def make_train_iterator(config, phase: Phase, tokenizer, per_host_batch: int, data_state=None):
     files = expand_files(phase.train_files, "train_files")
-    return pipeline.make_pretraining_iterator(
-        files, batch_size=per_host_batch, seq_len=phase.seq_len, max_predictions=phase.max_predictions,
-        seed=int(config.seed) + 1000 * phase.index, shuffle_buffer=int(config.shuffle_buffer),
-        process_index=jax.process_index(), process_count=jax.process_count(), repeat=True,
-        dynamic_masking=bool(config.dynamic_masking), tokenizer=tokenizer,
-        masked_lm_prob=float(config.masked_lm_prob), whole_word_mask=bool(config.whole_word_mask),
-        state=data_state)
+    return _iterator(config, files, phase, tokenizer, per_host_batch, int(config.seed) + 1000 * phase.index,
+                     True, data_state)
 
 
 def make_eval_iterator(config, phase: Phase, tokenizer, per_host_batch: int):
-    from bert_jax.data import pipeline
     files = expand_files(config.eval_files, "eval_files")
-    return pipeline.make_pretraining_iterator(
-        files, batch_size=per_host_batch, seq_len=phase.seq_len, max_predictions=phase.max_predictions,
-        seed=int(config.seed), shuffle_buffer=0, process_index=jax.process_index(),
-        process_count=jax.process_count(), repeat=True, dynamic_masking=bool(config.dynamic_masking),
-        tokenizer=tokenizer, masked_lm_prob=float(config.masked_lm_prob),
-        whole_word_mask=bool(config.whole_word_mask), state=None)
+    return _iterator(config, files, phase, tokenizer, per_host_batch, int(config.seed), False)
+
+
+def check_data_matches_tokenizer(files: List[str], tokenizer, what: str):
+    """summary.json beside the records (create_pretraining_data.py) names the tokenizer that made them."""
+    for f in files[:1]:
+        for cand in (os.path.join(os.path.dirname(f), "summary.json"), f + ".summary.json"):
+            if not os.path.isfile(cand):
+                continue
+            with open(cand, encoding="utf-8") as fh:
+                summary = json.load(fh)
+            vocab = summary.get("vocab_size")
+            if vocab is not None and int(vocab) != tokenizer.vocab_size:
+                raise TrainingError(
+                    f"{what} {f} was made with a vocabulary of {vocab} tokens ({cand}) but config.tokenizer "
+                    f"has {tokenizer.vocab_size}: pass the tokenizer that made the data")
+            tok = summary.get("tokenizer")
+            fp = tok.get("fingerprint") if isinstance(tok, dict) else summary.get("tokenizer_fingerprint")
+            if fp and fp != tokenizer.fingerprint():
+                raise TrainingError(f"{what} {f} was made with a different tokenizer (fingerprint in {cand}) "
+                                    f"than config.tokenizer: pass the tokenizer that made the data")
+            return
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,11 +427,14 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     if config.eval_files:
         expand_files(config.eval_files, "eval_files")
     _check_workdir_model(workdir, bert_config)
-    from bert_jax.data import pipeline
     for ph in phases:  # records must match the phase and the tokenizer before anything compiles
-        pipeline.check_records(expand_files(ph.train_files, "train_files")[0], seq_len=ph.seq_len,
-                               max_predictions=ph.max_predictions, vocab_size=bert_config.vocab_size,
-                               dynamic_masking=bool(config.dynamic_masking))
+        per_host, _ = parallel.check_batch_layout(ph.global_batch_size, config.grad_accum_steps)
+        files = expand_files(ph.train_files, "train_files")
+        check_data_matches_tokenizer(files, tokenizer, "train_files")
+        make_train_iterator(config, ph, tokenizer, per_host)  # validates every file's records
+        if config.eval_files:
+            check_data_matches_tokenizer(expand_files(config.eval_files, "eval_files"), tokenizer, "eval_files")
+            make_eval_iterator(config, ph, tokenizer, per_host)
 
     if not ckpt_lib.is_remote(workdir):
         os.makedirs(workdir, exist_ok=True)

@@ -1,0 +1,236 @@
+"""The pre-training loop end to end on real text: configs, resume, SIGTERM, multi-host, bad input."""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import bert_jax
+from bert_jax.configs import pretrain as pretrain_config
+from bert_jax.training import loop
+from tests import helpers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def make_data(out_dir, seq_len, max_preds, subdir="tutorial", extra=()):
+    vocab = os.path.join(helpers.minilm_dir(), "vocab.txt")
+    docs = os.path.join(os.path.dirname(helpers.python_docs_files()[0]), subdir)
+    if not os.path.isdir(docs):
+        docs = os.path.join("/usr/share/doc/python3.11/html/_sources", subdir)
+    cmd = [sys.executable, os.path.join(REPO, "scripts", "create_pretraining_data.py"), f"--input_file={docs}",
+           "--input_format=documents", f"--output_dir={out_dir}", "--num_output_shards=2", f"--vocab_file={vocab}",
+           "--do_lower_case=True", f"--max_seq_length={seq_len}", f"--max_predictions_per_seq={max_preds}",
+           "--dupe_factor=1", "--num_workers=1", *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return os.path.join(out_dir, "*.tfrecord"), vocab
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    train, vocab = make_data(str(root / "train64"), 64, 10)
+    evalf, _ = make_data(str(root / "eval64"), 64, 10, subdir="howto")
+    train32, _ = make_data(str(root / "train32"), 32, 5)
+    return {"train": train, "eval": evalf, "train32": train32, "vocab": vocab}
+
+
+def tiny_config(data, **kw):
+    c = pretrain_config.get_config("size=tiny,seq_len=64")
+    c.model.update(SMALL_MODEL)
+    c.model.max_position_embeddings = 64
+    c.tokenizer = data["vocab"]
+    c.train_files = data["train"]
+    c.eval_files = data["eval"]
+    c.max_predictions = 10
+    c.global_batch_size = 16
+    c.num_train_steps = 6
+    c.warmup_steps = 2
+    c.learning_rate = 1e-3
+    c.log_every_steps = 1
+    c.eval_every_steps = 3
+    c.eval_batches = 2
+    c.checkpoint_every_steps = 3
+    c.shuffle_buffer = 100
+    for k, v in kw.items():
+        setattr(c, k, v)
+    return c
+
+
+def scalars(workdir):
+    """{tag: {step: value}} from every TensorBoard event file under workdir."""
+    import tensorflow as tf
+    out = {}
+    for f in glob.glob(os.path.join(workdir, "**", "events.out.tfevents.*"), recursive=True):
+        for e in tf.compat.v1.train.summary_iterator(f):
+            for v in e.summary.value:
+                val = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
+                out.setdefault(v.tag, {})[e.step] = val
+    return out
+
+
+@pytest.mark.parametrize("mode", ["pmap", "jit"])
+def test_tiny_config_runs_both_modes(data, tmp_path, mode):
+    c = tiny_config(data, parallelism=mode, num_train_steps=3)
+    result = loop.train_and_evaluate(c, str(tmp_path))
+    assert result["step"] == 3 and np.isfinite(result["train"]["loss"])
+    tags = scalars(str(tmp_path))
+    for tag in ("train/loss", "train/mlm_loss", "train/nsp_loss", "train/learning_rate", "eval/mlm_accuracy",
+                "eval/nsp_accuracy"):
+        assert tag in tags, (tag, sorted(tags))
+    assert sorted(tags["train/loss"]) == [1, 2, 3]
+    # The workdir is a checkpoint load_pretrained reads.
+    cfg, params = bert_jax.load_pretrained(str(tmp_path))
+    assert cfg.hidden_size == 32 and set(params) == {"bert", "cls"}
+
+
+def test_paper_recipe_phases_shrunk(data, tmp_path):
+    """The base config's 90%/10% sequence-length phases, shrunk: 32 then 64 tokens, switching mid-run."""
+    c = pretrain_config.get_config("size=base")
+    assert [p.seq_len for p in c.phases] == [128, 512] and c.num_train_steps == 1_000_000
+    assert (c.global_batch_size, c.learning_rate, c.warmup_steps) == (256, 1e-4, 10_000)
+    c.model.update(SMALL_MODEL)
+    c.model.max_position_embeddings = 64
+    c.tokenizer = data["vocab"]
+    c.phases[0].update(fraction=0.5, seq_len=32, max_predictions=5, train_files=data["train32"])
+    c.phases[1].update(fraction=0.5, seq_len=64, max_predictions=10, train_files=data["train"])
+    c.train_files = data["train32"]
+    c.global_batch_size, c.num_train_steps, c.warmup_steps = 16, 4, 1
+    c.log_every_steps, c.checkpoint_every_steps, c.shuffle_buffer = 1, 100, 50
+    c.parallelism = "jit"
+    result = loop.train_and_evaluate(c, str(tmp_path))
+    assert result["step"] == 4
+    assert sorted(scalars(str(tmp_path))["train/loss"]) == [1, 2, 3, 4]
+
+
+def test_resume_is_bit_identical(data, tmp_path):
+    full = loop.train_and_evaluate(tiny_config(data, parallelism="jit"), str(tmp_path / "a"))
+    part = loop.train_and_evaluate(tiny_config(data, parallelism="jit", max_steps_this_run=4), str(tmp_path / "b"))
+    assert part["preempted"] and part["step"] == 4
+    rest = loop.train_and_evaluate(tiny_config(data, parallelism="jit"), str(tmp_path / "b"))
+    assert rest["step"] == 6 and not rest["preempted"]
+    a, b = scalars(str(tmp_path / "a")), scalars(str(tmp_path / "b"))
+    for tag in ("train/loss", "train/mlm_loss", "train/nsp_loss"):
+        assert [a[tag][s] for s in range(1, 7)] == [b[tag][s] for s in range(1, 7)], tag  # bit-identical
+    assert full["train"]["loss"] == rest["train"]["loss"]
+
+
+def test_pmap_and_jit_give_the_same_losses(data, tmp_path):
+    """Same seed, same data, dropout off: the two parallelism modes agree on 8 devices."""
+    kw = dict(num_train_steps=3)
+    runs = {}
+    for mode in ("pmap", "jit"):
+        c = tiny_config(data, parallelism=mode, **kw)
+        c.model.hidden_dropout_prob = 0.0
+        c.model.attention_probs_dropout_prob = 0.0
+        loop.train_and_evaluate(c, str(tmp_path / mode))
+        runs[mode] = scalars(str(tmp_path / mode))["train/loss"]
+    np.testing.assert_allclose([runs["pmap"][s] for s in (1, 2, 3)], [runs["jit"][s] for s in (1, 2, 3)], rtol=1e-5)
+
+
+def _pretrain_cmd(data, workdir, *extra):
+    return [sys.executable, os.path.join(REPO, "scripts", "pretrain.py"),
+            "--config=" + os.path.join(REPO, "bert_jax", "configs", "pretrain.py") + ":size=tiny,seq_len=64",
+            f"--workdir={workdir}", f"--config.tokenizer={data['vocab']}", f"--config.train_files={data['train']}",
+            "--config.max_predictions=10", "--config.global_batch_size=16", "--config.warmup_steps=2",
+            "--config.shuffle_buffer=100", "--config.model.hidden_size=32", "--config.model.num_hidden_layers=2",
+            "--config.model.num_attention_heads=2", "--config.model.intermediate_size=64", *extra]
+
+
+def test_sigterm_saves_at_step_boundary_and_exits_0(data, tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(_pretrain_cmd(data, str(tmp_path), "--config.num_train_steps=100000",
+                                          "--config.log_every_steps=1", "--config.checkpoint_every_steps=100000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines, deadline = [], time.time() + 300
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("step 3/"):
+                proc.send_signal(signal.SIGTERM)
+                break
+            assert time.time() < deadline, "".join(lines[-20:])
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines.append(out)
+    assert proc.returncode == 0, "".join(lines)[-3000:]
+    text = "".join(lines)
+    assert "SIGTERM: saved step" in text
+    saved = int(text.split("SIGTERM: saved step ")[1].split()[0])
+    assert 3 <= saved <= 20
+    assert os.path.isdir(os.path.join(tmp_path, "checkpoints", str(saved)))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(data, tmp_path):
+    """2 processes x 4 CPU devices on 127.0.0.1 == 1 process x 8 devices (jit over a global mesh)."""
+    c = tiny_config(data, parallelism="jit", num_train_steps=3, eval_files="")
+    loop.train_and_evaluate(c, str(tmp_path / "one"))
+    one = scalars(str(tmp_path / "one"))["train/loss"]
+
+    port = _free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONUNBUFFERED="1")
+    procs = [subprocess.Popen(_pretrain_cmd(data, str(tmp_path / "two"), "--config.num_train_steps=3",
+                                            "--config.parallelism=jit", "--config.log_every_steps=1",
+                                            "--config.learning_rate=0.001", "--config.checkpoint_every_steps=3",
+                                            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                                            f"--process_id={i}"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=400)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n=====\n".join(o[-3000:] for o in outs)
+    two = scalars(str(tmp_path / "two"))["train/loss"]
+    np.testing.assert_allclose([two[s] for s in (1, 2, 3)], [one[s] for s in (1, 2, 3)], rtol=1e-5)
+
+
+def test_bad_inputs_fail_before_compiling(data, tmp_path):
+    def fails(match, **kw):
+        with pytest.raises(ValueError, match=match):
+            loop.train_and_evaluate(tiny_config(data, **kw), str(tmp_path / "bad"))
+
+    fails(r"global_batch_size=12 must be divisible by devices x grad_accum_steps = 8 x 1", global_batch_size=12)
+    fails(r"global_batch_size=16 must be divisible by devices x grad_accum_steps = 8 x 4", grad_accum_steps=4)
+    fails(r"train_files='/nonexistent/\*.tfrecord' matches no files", train_files="/nonexistent/*.tfrecord")
+    fails(r"has length 64 but the pipeline was asked for max_seq_length=32", seq_len=32,
+          max_predictions=10)
+    fails(r"has length 10 but the pipeline was asked for max_predictions_per_seq=20", max_predictions=20)
+    other_vocab = tmp_path / "vocab.txt"
+    other_vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]))
+    fails(r"made with a vocabulary of 30522 tokens .* config.tokenizer has 100", tokenizer=str(other_vocab))
+    # A workdir holding another model size.
+    loop.train_and_evaluate(tiny_config(data, num_train_steps=1, warmup_steps=0), str(tmp_path / "w"))
+    c = tiny_config(data)
+    c.model.hidden_size = 64
+    with pytest.raises(ValueError, match=r"holds a checkpoint of a different model \(hidden_size: workdir 32 vs config 64"):
+        loop.train_and_evaluate(c, str(tmp_path / "w"))
+
+
+def test_nan_loss_stops_with_a_clear_message(data, tmp_path):
+    c = tiny_config(data, learning_rate=1e30, warmup_steps=0, grad_clip_norm=0.0, num_train_steps=6,
+                    eval_files="")
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step \d+ .*last good checkpoint"):
+        loop.train_and_evaluate(c, str(tmp_path))
