@@ -9,67 +9,36 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 
 import jax
 import numpy as np
 
+from bert_jax.fileio import is_remote, read_json, write_json
 from bert_jax.modeling import BertConfig
 
 MARKER = "bert_jax.json"
 FORMAT_VERSION = 1
 
 
-def is_remote(path: str) -> bool:
-    """gs:// (and other fsspec-style URLs) go through tf.io.gfile; local paths through os."""
-    return "://" in str(path)
+write_json_atomic = write_json  # the name the training and experiment code use
 
 
 def abspath(path: str) -> str:
     return path if is_remote(path) else os.path.abspath(path)
 
 
-def write_json_atomic(path: str, obj) -> None:
-    if is_remote(path):
-        import tensorflow as tf
-        tmp = path + ".tmp"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-        return
-    d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_marker(directory: str, config: BertConfig, **extra) -> None:
     meta = {"format": "bert_jax", "version": FORMAT_VERSION, "config": config.to_hf_dict(),
             "dtype": config.dtype}
     meta.update(extra)
-    write_json_atomic(os.path.join(directory, MARKER), meta)
+    write_json(os.path.join(directory, MARKER), meta)
 
 
 def read_marker(directory: str):
     path = os.path.join(directory, MARKER)
     try:
-        if is_remote(path):
-            import tensorflow as tf
-            with tf.io.gfile.GFile(path) as f:
-                meta = json.loads(f.read())
-        else:
-            with open(path, encoding="utf-8") as f:
-                meta = json.load(f)
+        meta = read_json(path)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: unreadable bert_jax checkpoint marker ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != "bert_jax" or "config" not in meta:

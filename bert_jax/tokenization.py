@@ -22,10 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from bert_jax import fileio
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -48,24 +49,6 @@ MAX_INPUT_CHARS_PER_WORD = 100  # the original BERT's WordpieceTokenizer limit
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)  # mkstemp makes 0600 files; give the result the usual umask-derived mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _read_json_dict(path: str) -> dict | None:
     """The JSON object in ``path``, or None if it is absent; a broken file is a clear ValueError."""
     if not os.path.isfile(path):
@@ -388,8 +371,8 @@ class WordPieceTokenizer(Tokenizer):
                   "tokenize_chinese_chars": self.tokenize_chinese_chars, "tokenizer_class": "BertTokenizer",
                   "unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS, "mask_token": MASK}
         vocab_path = os.path.join(directory, WORDPIECE_VOCAB_NAME)
-        _atomic_write_bytes(vocab_path, self._vocab_bytes())
-        _atomic_write_bytes(os.path.join(directory, CONFIG_NAME), (json.dumps(config, indent=2) + "\n").encode())
+        fileio.atomic_write(vocab_path, self._vocab_bytes())
+        fileio.atomic_write(os.path.join(directory, CONFIG_NAME), (json.dumps(config, indent=2) + "\n").encode())
         return vocab_path
 
 
@@ -505,9 +488,9 @@ class SentencePieceTokenizer(Tokenizer):
         """Writes ``spiece.model`` (the model bytes unchanged) and ``tokenizer_config.json``; returns the model path."""
         directory = os.fspath(directory)
         model_path = os.path.join(directory, SENTENCEPIECE_MODEL_NAME)
-        _atomic_write_bytes(model_path, self._model_bytes)
+        fileio.atomic_write(model_path, self._model_bytes)
         config = {"do_lower_case": self.do_lower_case, "tokenizer_kind": self.kind}
-        _atomic_write_bytes(os.path.join(directory, CONFIG_NAME), (json.dumps(config, indent=2) + "\n").encode())
+        fileio.atomic_write(os.path.join(directory, CONFIG_NAME), (json.dumps(config, indent=2) + "\n").encode())
         return model_path
 
 

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from bert_jax import tokenization  # noqa: E402
+from bert_jax import fileio, tokenization  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input_file", None, "Comma-separated files or globs (** allowed) of text, one sentence a line.")
@@ -176,14 +176,14 @@ def main(argv):
         model_bytes = train_sentencepiece(sentences, prefix, model_type=FLAGS.model_type,
                                           vocab_size=FLAGS.vocab_size, lowercase=FLAGS.lowercase,
                                           character_coverage=FLAGS.character_coverage, num_threads=FLAGS.num_threads)
-        tokenization._atomic_write_bytes(prefix + ".model", model_bytes)
+        fileio.atomic_write(prefix + ".model", model_bytes)
         tok = tokenization.SentencePieceTokenizer(prefix + ".model", FLAGS.lowercase)
         sp = tok._sp
         vocab_lines = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
-        tokenization._atomic_write_bytes(prefix + ".vocab", vocab_lines.encode("utf-8"))
+        fileio.atomic_write(prefix + ".vocab", vocab_lines.encode("utf-8"))
         info.update(kind="sentencepiece", model_type=FLAGS.model_type, character_coverage=FLAGS.character_coverage,
                     fingerprint=tok.fingerprint())
-        tokenization._atomic_write_bytes(prefix + ".json", (json.dumps(info, indent=2) + "\n").encode())
+        fileio.atomic_write(prefix + ".json", (json.dumps(info, indent=2) + "\n").encode())
         written = [prefix + ".model", prefix + ".vocab", prefix + ".json"]
 
     ids = [tok.token_to_id(t) for t in tokenization.SPECIAL_TOKENS]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Dict
 
 import numpy as np
 
+from bert_jax import fileio
 from bert_jax.convert import mapping
 from bert_jax.modeling import BertConfig
 
@@ -90,24 +90,9 @@ def load(directory: str):
     return config, params
 
 
-def _atomic_write(path: str, write_fn):
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path))
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save(out_dir: str, config: BertConfig, params) -> str:
     """Writes config.json + model.safetensors that ``transformers`` loads (``BertForPreTraining``
     when the tree has the pre-training heads, ``BertModel`` otherwise)."""
-    from safetensors.numpy import save_file
-
     tensors = mapping.from_bert_jax(params, config, mapping.HF)
     if "cls.predictions.bias" in tensors:
         archs = ["BertForPreTraining"]
@@ -120,13 +105,7 @@ def save(out_dir: str, config: BertConfig, params) -> str:
     hf_config = config.to_hf_dict(architectures=archs)
     if "classifier.weight" in tensors:
         hf_config["num_labels"] = int(tensors["classifier.weight"].shape[0])
-    os.makedirs(out_dir, exist_ok=True)
-    _atomic_write(os.path.join(out_dir, "model.safetensors"),
-                  lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-
-    def write_json(p):
-        with open(p, "w", encoding="utf-8") as f:
-            json.dump(hf_config, f, indent=2, sort_keys=True)
-            f.write("\n")
-    _atomic_write(os.path.join(out_dir, "config.json"), write_json)
+    from safetensors.numpy import save
+    fileio.atomic_write(os.path.join(out_dir, "model.safetensors"), save(tensors, metadata={"format": "pt"}))
+    fileio.write_json(os.path.join(out_dir, "config.json"), hf_config)
     return out_dir

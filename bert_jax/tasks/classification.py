@@ -29,10 +29,11 @@ import json
 import os
 import re
 import sys
-import tempfile
 from typing import Mapping
 
 import numpy as np
+
+from bert_jax import fileio
 
 from bert_jax.tasks import metrics as metrics_lib
 
@@ -405,23 +406,6 @@ def encode_examples(tokenizer, examples: TextExamples, max_length: int) -> dict[
 
 
 # ----------------------------------------------------------------------------- GLUE submissions
-def _atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def glue_submission_filename(task: str | TaskSpec, split: str = "test") -> str:
     """The GLUE server's file name for a test split (``"mnli", "test_mismatched"`` -> ``MNLI-mm.tsv``)."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
@@ -466,7 +450,7 @@ def write_glue_submission(task: str | TaskSpec, split: str, idx, predictions, ou
         for i in order:
             lines.append(f"{int(idx[i])}\t{names[int(preds[i])] if names else int(preds[i])}")
     path = os.path.join(out_dir, filename)
-    _atomic_write_text(path, "\n".join(lines) + "\n")
+    fileio.atomic_write(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -536,5 +520,5 @@ def prepare_rotten_tomatoes(out_dir: str, source: str | None = None) -> dict[str
         writer.writerow(["text", "label"])
         writer.writerows((r["text"], r["label"]) for r in rows)
         paths[split] = os.path.join(out_dir, f"{split}.csv")
-        _atomic_write_text(paths[split], buf.getvalue())
+        fileio.atomic_write(paths[split], buf.getvalue())
     return paths

@@ -219,7 +219,8 @@ def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Map
         adam_b1=0.9, adam_b2=0.999, adam_eps=1e-6, grad_clip_norm=float(cfg.get("grad_clip_norm", 1.0))))
     ft = Finetuner(model, kind, opt_cfg, cfg.get("mesh_shape", (-1, 1, 1)))
     params = jax.device_put(params, ft.replicated)
-    opt_state = jax.jit(ft.tx.init)(params)
+    # Placed like the train step's outputs, so its second call does not compile a second time.
+    opt_state = jax.jit(ft.tx.init, out_shardings=ft.replicated)(params)
     rng = jax.random.PRNGKey(seed)
     np_rng = np.random.default_rng(seed)
     eval_bs = int(cfg.get("eval_batch_size", bs))
