@@ -441,7 +441,8 @@ class BertForQuestionAnswering(nn.Module):
 def init_params(model: nn.Module, rng, seq_len: int = 8, batch: int = 1) -> Any:
     """Random parameters (unboxed, fp32) for ``model``."""
     ids = jnp.zeros((batch, seq_len), jnp.int32)
-    variables = model.init(rng, ids, deterministic=True)
+    # Compiled: op-by-op initialisation of a large model is many times slower.
+    variables = jax.jit(lambda r: model.init(r, ids, deterministic=True))(rng)
     return nn.meta.unbox(variables["params"])
 
 

@@ -13,31 +13,27 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. bert_jax/configs/pretrain.py:size=tiny",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events and results go.")
+from bert_jax import cli  # noqa: E402
+
+cli.define_flags("Config file, e.g. bert_jax/configs/pretrain.py:size=tiny",
+                 "Where checkpoints, TensorBoard events and results go (resumes from it).")
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process runs off TPU VMs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
-flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:  # Orbax logs every file it writes at INFO
-        logging.set_verbosity(logging.WARNING)
-    from bert_jax.training import loop, parallel
+def _initialize():
+    from bert_jax.training import parallel
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    try:
-        loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FloatingPointError) as e:
-        raise SystemExit(f"pretrain: {e}") from None
+
+
+def _train_and_evaluate(config, workdir):
+    from bert_jax.training import loop
+    loop.train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(_train_and_evaluate, "pretrain", before=_initialize)

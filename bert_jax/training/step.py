@@ -53,19 +53,16 @@ def _labels(batch):
     return nsp.reshape(nsp.shape[0]) if nsp.ndim > 1 else nsp
 
 
-def pretrain_sums(model, params, batch, rng=None, deterministic=True):
-    """Forward pass -> per-batch *sums* (not means) of the losses and their counts."""
-    out = model.apply(
-        {"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
-        token_type_ids=batch["segment_ids"], masked_positions=batch["masked_lm_positions"],
-        deterministic=deterministic, rngs=None if deterministic else {"dropout": rng})
-    logp = jax.nn.log_softmax(out.mlm_logits.astype(jnp.float32), axis=-1)
+def sums_from_logits(mlm_logits_BxPxV, nsp_logits_Bx2, batch):
+    """Per-batch *sums* (not means) of the MLM and NSP losses, hits and counts, from the logits at the
+    masked positions and the NSP logits."""
+    logp = jax.nn.log_softmax(mlm_logits_BxPxV.astype(jnp.float32), axis=-1)
     ids = batch["masked_lm_ids"].astype(jnp.int32)
     weights = batch["masked_lm_weights"].astype(jnp.float32)
     nll = -jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
     correct = (jnp.argmax(logp, -1) == ids).astype(jnp.float32)
     labels = _labels(batch).astype(jnp.int32)
-    nsp_logp = jax.nn.log_softmax(out.nsp_logits.astype(jnp.float32), axis=-1)
+    nsp_logp = jax.nn.log_softmax(nsp_logits_Bx2.astype(jnp.float32), axis=-1)
     nsp_nll = -jnp.take_along_axis(nsp_logp, labels[:, None], axis=-1)[:, 0]
     return {
         "mlm_nll": jnp.sum(nll * weights), "mlm_count": jnp.sum(weights),
@@ -73,6 +70,15 @@ def pretrain_sums(model, params, batch, rng=None, deterministic=True):
         "nsp_nll": jnp.sum(nsp_nll), "nsp_count": jnp.asarray(labels.shape[0], jnp.float32),
         "nsp_correct": jnp.sum((jnp.argmax(nsp_logp, -1) == labels).astype(jnp.float32)),
     }
+
+
+def pretrain_sums(model, params, batch, rng=None, deterministic=True):
+    """Forward pass (MLM logits only at the masked positions) -> `sums_from_logits`."""
+    out = model.apply(
+        {"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
+        token_type_ids=batch["segment_ids"], masked_positions=batch["masked_lm_positions"],
+        deterministic=deterministic, rngs=None if deterministic else {"dropout": rng})
+    return sums_from_logits(out.mlm_logits, out.nsp_logits, batch)
 
 
 def _sum(x, axis_name):

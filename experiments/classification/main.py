@@ -10,14 +10,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from bert_jax import cli  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "experiments/classification/config.py:task=...",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Output directory (results.json, TensorBoard, predictions).")
-flags.mark_flags_as_required(["config", "workdir"])
-FLAGS = flags.FLAGS
+cli.define_flags("experiments/classification/config.py:task=...",
+                 "Output directory (results.json, TensorBoard, predictions).")
 
 
 def load_task(config, workdir: str):
@@ -109,16 +105,5 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return result
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:  # Orbax logs every file it writes at INFO
-        logging.set_verbosity(logging.WARNING)
-    try:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FloatingPointError) as e:
-        raise SystemExit(f"classification: {e}") from None
-
-
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(train_and_evaluate, "classification")
