@@ -33,7 +33,7 @@ from typing import Mapping
 
 import numpy as np
 
-from bert_jax import fileio
+from bert_jax import fileio, tfds_loading
 
 from bert_jax.tasks import metrics as metrics_lib
 
@@ -193,7 +193,7 @@ def load_glue(task: str | TaskSpec, split: str, *, data_dir: str | None = None,
         raise ValueError(f"GLUE task {spec.name} has no split {split!r}; its splits are {splits}")
     import tensorflow_datasets as tfds
 
-    ds = tfds.load(spec.tfds_name, split=split, data_dir=data_dir, download=download)
+    ds = tfds_loading.load(spec.tfds_name, split=split, data_dir=data_dir, download=download)
     fields = list(spec.text_fields)
     texts = {f: [] for f in fields}
     labels, idx = [], []

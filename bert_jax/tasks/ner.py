@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from bert_jax import tfds_loading
+
 from bert_jax.tasks import metrics as metrics_lib
 
 __all__ = ["IGNORE_INDEX", "NerExamples", "NerFeatures", "read_conll", "load_conll2003_tfds", "label_names",
@@ -105,7 +107,7 @@ def load_conll2003_tfds(split: str = "train", *, data_dir: str | None = None, do
 
     builder = tfds.builder("conll2003", data_dir=data_dir)
     names = tuple(builder.info.features["ner"].feature.names)
-    ds = tfds.load("conll2003", split=split, data_dir=data_dir, download=download)
+    ds = tfds_loading.load("conll2003", split=split, data_dir=data_dir, download=download)
     words, tags = [], []
     for i, ex in enumerate(tfds.as_numpy(ds)):
         w = [t.decode("utf-8") for t in ex["tokens"]]

@@ -34,6 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
+from bert_jax import tfds_loading
+
 __all__ = [
     "SquadExample", "SquadFeatures", "SquadPredictions", "load_squad_json", "load_squad_tfds", "gold_answers",
     "split_words", "context_pieces", "doc_windows", "make_features", "postprocess",
@@ -103,7 +105,7 @@ def load_squad_tfds(version: str = "v1.1", split: str = "train", *, data_dir: st
         raise ValueError(f"SQuAD has no split {split!r}; expected 'train' or 'validation'")
     import tensorflow_datasets as tfds
 
-    ds = tfds.load(f"squad/{version}", split=split, data_dir=data_dir, download=download)
+    ds = tfds_loading.load(f"squad/{version}", split=split, data_dir=data_dir, download=download)
 
     def text(x):
         return x.decode("utf-8") if isinstance(x, bytes) else str(x)
