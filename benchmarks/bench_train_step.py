@@ -78,6 +78,8 @@ flags.DEFINE_list("matmul_sizes", None, "Square matmul sizes for the measured pe
                   "(default 1024,2048 on CPU, 4096,8192 on accelerators).")
 flags.DEFINE_boolean("pipeline", True, "Measure the input pipeline's batches/s when it is importable.")
 flags.DEFINE_integer("seed", 0, "Seed of the weights and the synthetic batch.")
+flags.DEFINE_enum("rng_impl", "threefry2x32", ["threefry2x32", "rbg", "unsafe_rbg"],
+                  "PRNG of both models' dropout (bert_jax's config.rng_impl).")
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 flags.DEFINE_boolean("quick", False, "Smoke test: 2 timed steps in 1 round, 1 warm-up step, short matmul timing.")
 FLAGS = flags.FLAGS
@@ -582,6 +584,7 @@ def main(argv):
 
     load_start = os.getloadavg()
     import jax
+    jax.config.update("jax_default_prng_impl", FLAGS.rng_impl)
     import jax.numpy as jnp
 
     from bert_jax import flops

@@ -43,7 +43,7 @@ $PY scripts/pretrain.py --config=bert_jax/configs/pretrain.py:size=tiny --workdi
   --config.tokenizer="$OUT/tokenizer/vocab.txt" --config.num_train_steps=$PRETRAIN_STEPS \
   --config.global_batch_size=64 --config.learning_rate=1e-3 --config.warmup_steps=$((PRETRAIN_STEPS / 10)) \
   --config.log_every_steps=100 --config.eval_every_steps=500 --config.eval_batches=20 \
-  --config.checkpoint_every_steps=500
+  --config.checkpoint_every_steps=500 --config.rng_impl=unsafe_rbg
 
 for init in pretrained scratch; do
   step "$([ $init = pretrained ] && echo 4 || echo 5)/5 fine-tune on Rotten Tomatoes from $init"

@@ -99,6 +99,10 @@ def get_config(arg=None):
     # resuming, which always happens by itself from the workdir's own checkpoints.
     c.init_checkpoint = ""
     c.seed = 0
+    # PRNG for dropout. "threefry" (JAX's default) gives the same masks whatever the device layout, so
+    # pmap/jit and 1-host/N-host runs match; "unsafe_rbg" (MaxText's default) makes dropout masks ~4x
+    # cheaper -- a 25% faster step for small models on CPU -- but its bits depend on the sharding.
+    c.rng_impl = "threefry"
 
     # Periodic work.
     c.log_every_steps = 100

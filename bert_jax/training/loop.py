@@ -409,6 +409,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     from bert_jax.tokenization import load_tokenizer
 
     workdir = ckpt_lib.abspath(workdir)
+    rng_impl = config.get("rng_impl", "threefry")
+    if rng_impl not in ("threefry", "rbg", "unsafe_rbg"):
+        raise TrainingError(f"rng_impl={rng_impl!r}: choose threefry, rbg or unsafe_rbg")
+    jax.config.update("jax_default_prng_impl", rng_impl + ("2x32" if rng_impl == "threefry" else ""))
     if not config.tokenizer:
         raise TrainingError("config.tokenizer is empty: pass the vocab.txt / SentencePiece model that made "
                             "the data (--config.tokenizer=PATH)")
