@@ -1,0 +1,197 @@
+"""Text sources for pretraining data: documents as lists of sentences (strings).
+
+Three sources, one shape (an iterator of documents, each a list of sentence strings):
+
+* :func:`read_line_documents` -- the original BERT format: one sentence per line, a blank line between
+  documents (``--input_format=lines``).
+* :func:`read_raw_documents` -- raw text files, one document per file (``--input_format=documents``):
+  paragraphs on blank lines, reStructuredText directive lines (``.. xxx``) dropped, lines of a paragraph
+  joined, then a regex sentence splitter (:func:`split_sentences`).
+* :func:`read_tfds_documents` -- a ``tensorflow_datasets`` text dataset (e.g. ``wikipedia/20230601.en``),
+  one document per example, split like raw documents.
+
+Bytes that are not UTF-8 are replaced (U+FFFD) and counted; documents without text are skipped and counted.
+Counts go into a :class:`SourceStats`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+from typing import Iterator, Sequence
+
+__all__ = [
+    "SourceStats", "expand_input_patterns", "split_sentences", "document_sentences",
+    "read_line_documents", "read_raw_documents", "read_tfds_documents",
+]
+
+
+@dataclasses.dataclass
+class SourceStats:
+    """What reading the sources saw (goes into the summary JSON)."""
+
+    files: int = 0
+    bytes: int = 0
+    documents: int = 0                 # documents yielded (with at least one sentence)
+    sentences: int = 0
+    empty_documents_skipped: int = 0   # a document (file, example, blank-line-delimited block) with no text
+    lines_with_invalid_utf8: int = 0   # lines (or whole texts) where bytes had to be replaced
+    directive_lines_dropped: int = 0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def expand_input_patterns(patterns: str | Sequence[str], recursive_dirs: bool = True) -> list[str]:
+    """Files matching comma-separated globs (as the original's ``--input_file``), in a stable order.
+
+    A directory stands for every regular file below it. Each pattern must match something: a typo must not
+    silently drop part of the corpus.
+    """
+    if isinstance(patterns, str):
+        patterns = [p for p in patterns.split(",")]
+    patterns = [p.strip() for p in patterns if p and p.strip()]
+    if not patterns:
+        raise ValueError("no input given: pass --input_file (comma-separated globs) or a tfds dataset")
+    files: list[str] = []
+    for pattern in patterns:
+        matched = []
+        for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
+            if os.path.isdir(path) and recursive_dirs:
+                for root, dirs, names in os.walk(path):
+                    dirs.sort()
+                    matched.extend(os.path.join(root, n) for n in sorted(names)
+                                   if os.path.isfile(os.path.join(root, n)))
+            elif os.path.isfile(path):
+                matched.append(path)
+        if not matched:
+            raise ValueError(f"input pattern {pattern!r} matched no files; check the path/glob "
+                             "(comma-separated globs, a directory stands for all files below it)")
+        files.extend(matched)
+    seen = set()
+    unique = []
+    for f in files:
+        if f not in seen:
+            seen.add(f)
+            unique.append(f)
+    return unique
+
+
+# A sentence ends at . ! or ? (optionally followed by up to two closing quotes/brackets) when whitespace and an
+# upper-case letter, digit or opening quote/bracket follow. Simple and language-agnostic enough for English
+# prose; abbreviations such as "e.g. Foo" split wrongly, which only shortens a few sentences.
+_CLOSE = "\"')\\]\u201d\u2019"
+# split() keeps the captured end punctuation as separate items, glued back to their sentences below
+_SENTENCE_BREAK = re.compile(rf"([.!?][{_CLOSE}]{{0,2}})\s+(?=[\"'(\[\u201c\u2018]?[A-Z0-9])")
+_BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n")
+_DIRECTIVE_LINE = re.compile(r"^[ \t]*\.\. .*(?:\n|$)", re.MULTILINE)
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """Sentences of a paragraph (whitespace-normalised text)."""
+    parts = _SENTENCE_BREAK.split(paragraph.strip())
+    sentences = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)]
+    sentences.append(parts[-1])
+    return [s for s in sentences if s]
+
+
+def document_sentences(text: str, stats: SourceStats | None = None) -> list[str]:
+    """Sentences of a raw document: paragraphs on blank lines, ``.. `` directive lines dropped, the lines of a
+    paragraph joined (whitespace runs become one space), each paragraph split by :func:`split_sentences`."""
+    text, dropped = _DIRECTIVE_LINE.subn("", text.replace("\r\n", "\n"))
+    if stats is not None:
+        stats.directive_lines_dropped += dropped
+    sentences = []
+    for para in _BLANK_LINES.split(text):
+        para = " ".join(para.split())
+        if para:
+            sentences.extend(split_sentences(para))
+    return sentences
+
+
+def _decode(data: bytes, stats: SourceStats | None) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        if stats is not None:
+            stats.lines_with_invalid_utf8 += 1
+        return data.decode("utf-8", errors="replace")
+
+
+def read_line_documents(files: Sequence[str], stats: SourceStats | None = None) -> Iterator[list[str]]:
+    """Documents of files in the original format: one sentence per line, blank line between documents.
+
+    As the original, a new document starts at every blank line and at every file; lines are stripped.
+    Lines that are not valid UTF-8 are decoded with replacement characters and counted.
+    """
+    stats = stats if stats is not None else SourceStats()
+    for path in files:
+        stats.files += 1
+        doc: list[str] = []
+        had_lines = False
+        with open(path, "rb") as f:
+            for raw in f:
+                stats.bytes += len(raw)
+                line = _decode(raw, stats).strip()
+                if line:
+                    doc.append(line)
+                    had_lines = True
+                elif doc:
+                    stats.documents += 1
+                    stats.sentences += len(doc)
+                    yield doc
+                    doc = []
+        if doc:
+            stats.documents += 1
+            stats.sentences += len(doc)
+            yield doc
+        elif not had_lines:
+            stats.empty_documents_skipped += 1   # an empty (or all-blank) file
+
+
+def read_raw_documents(files: Sequence[str], stats: SourceStats | None = None) -> Iterator[list[str]]:
+    """One document per file, split with :func:`document_sentences` (e.g. the Python docs' ``.rst.txt``)."""
+    stats = stats if stats is not None else SourceStats()
+    for path in files:
+        stats.files += 1
+        with open(path, "rb") as f:
+            data = f.read()
+        stats.bytes += len(data)
+        sentences = document_sentences(_decode(data, stats), stats)
+        if not sentences:
+            stats.empty_documents_skipped += 1
+            continue
+        stats.documents += 1
+        stats.sentences += len(sentences)
+        yield sentences
+
+
+def read_tfds_documents(name: str, split: str = "train", text_key: str = "text", data_dir: str | None = None,
+                        stats: SourceStats | None = None) -> Iterator[list[str]]:
+    """One document per example of a tfds dataset; the text feature ``text_key`` is split like a raw
+    document (paragraphs on blank lines, then sentences)."""
+    import tensorflow_datasets as tfds
+
+    stats = stats if stats is not None else SourceStats()
+    try:
+        ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
+    except Exception as e:  # tfds raises many types (DatasetNotFoundError, AssertionError, ...)
+        raise ValueError(f"cannot load tfds dataset {name!r} split {split!r}: {e}") from e
+    spec = ds.element_spec
+    if not isinstance(spec, dict) or text_key not in spec:
+        keys = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
+        raise ValueError(f"tfds dataset {name!r} has no feature {text_key!r} (features: {keys}); "
+                         "set --tfds_text_key")
+    for example in tfds.as_numpy(ds):
+        value = example[text_key]
+        data = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        stats.bytes += len(data)
+        sentences = document_sentences(_decode(data, stats), stats)
+        if not sentences:
+            stats.empty_documents_skipped += 1
+            continue
+        stats.documents += 1
+        stats.sentences += len(sentences)
+        yield sentences
