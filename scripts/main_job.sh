@@ -12,8 +12,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-runs/main}
 DOCS=${DOCS:-/usr/share/doc/python3.11/html/_sources}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-3000}
-FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-3}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-2000}
+FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-2}
 export TF_CPP_MIN_LOG_LEVEL=2 TOKENIZERS_PARALLELISM=false
 if [ ! -d "$DOCS" ]; then
   echo "main_job: $DOCS is missing; install the corpus with: apt-get install python3.11-doc" >&2; exit 1
@@ -41,7 +41,7 @@ step "3/5 pre-train a tiny BERT for $PRETRAIN_STEPS steps (resumes if interrupte
 $PY scripts/pretrain.py --config=bert_jax/configs/pretrain.py:size=tiny --workdir="$OUT/pretrain" \
   --config.train_files="$OUT/data/train/*.tfrecord" --config.eval_files="$OUT/data/eval/*.tfrecord" \
   --config.tokenizer="$OUT/tokenizer/vocab.txt" --config.num_train_steps=$PRETRAIN_STEPS \
-  --config.global_batch_size=64 --config.learning_rate=1e-3 --config.warmup_steps=$((PRETRAIN_STEPS / 10)) \
+  --config.global_batch_size=32 --config.learning_rate=1e-3 --config.warmup_steps=$((PRETRAIN_STEPS / 10)) \
   --config.log_every_steps=100 --config.eval_every_steps=500 --config.eval_batches=20 \
   --config.checkpoint_every_steps=500 --config.rng_impl=unsafe_rbg
 
@@ -51,7 +51,7 @@ for init in pretrained scratch; do
   $PY experiments/classification/main.py --config=experiments/classification/config.py:task=rotten_tomatoes \
     --workdir="$OUT/finetune_$init" --config.init_checkpoint="$ckpt" \
     --config.tokenizer="$OUT/tokenizer/vocab.txt" --config.model_size=tiny --config.max_seq_length=64 \
-    --config.global_batch_size=32 --config.learning_rate=1e-4 --config.num_epochs=$FINETUNE_EPOCHS --config.seeds=0
+    --config.global_batch_size=32 --config.learning_rate=3e-4 --config.num_epochs=$FINETUNE_EPOCHS --config.seeds=0
 done
 
 step "result"
