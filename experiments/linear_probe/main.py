@@ -1,0 +1,285 @@
+r"""The linear probe: how much a frozen encoder's features know about a task. See config.py for commands.
+
+Every text goes once through a jitted ``BertModel`` forward (in fixed-size batches over all devices);
+its feature is the pooled output or the masked mean of the last layer. A scikit-learn
+``LogisticRegression`` (after a ``StandardScaler`` fitted on train) is fitted on the training split for
+each C of the grid; the C with the best dev main metric is kept and scored on dev and test.
+
+Writes ``workdir/results.json``: ``metrics`` (dev, at the chosen C), ``test_metrics``, ``c_grid`` (dev
+scores of every C), ``best_c``, ``feature_extraction`` (seconds, examples/s), data sizes, the config;
+``workdir/predictions_<split>.csv`` (idx, label, prediction); with ``compare_finetune`` also
+``workdir/finetune/`` (experiments/classification on the same split) and a side-by-side ``comparison``.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from absl import app, flags, logging  # noqa: E402
+
+# experiments/classification/main.py defines the shared --config and --workdir flags when imported (a
+# second definition would clash in one process); this experiment reuses them and its data loading.
+from experiments.classification import main as classification  # noqa: E402
+
+FLAGS = flags.FLAGS
+FEATURES = ("pooled", "mean")
+
+
+def load_task(config, workdir: str):
+    """experiments/classification's splits; a local ``test_file`` that has the label column is read with
+    its labels, so it is scored (classification reads it unlabelled, for prediction files)."""
+    from bert_jax.tasks import classification as cls
+
+    spec, splits = classification.load_task(config, workdir)
+    if config.task == "csv" and config.test_file and spec.label_field in cls.read_table(config.test_file)[0]:
+        splits["test"] = cls.load_local(config.test_file, spec)
+    return spec, splits
+
+
+def make_feature_fn(model_config, features: str):
+    """A jitted ``(encoder params, batch) -> [B, H]`` features function."""
+    import jax
+    import jax.numpy as jnp
+
+    from bert_jax import modeling
+
+    if features not in FEATURES:
+        raise ValueError(f"features={features!r}: choose one of {FEATURES}")
+    model = modeling.BertModel(model_config, add_pooling_layer=features == "pooled")
+
+    def fn(params, batch):
+        out = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
+                          token_type_ids=batch["token_type_ids"], deterministic=True)
+        if features == "pooled":
+            return out.pooled_output.astype(jnp.float32)
+        mask_BxLx1 = batch["attention_mask"][..., None].astype(jnp.float32)
+        summed_BxH = jnp.sum(out.sequence_output.astype(jnp.float32) * mask_BxLx1, axis=1)
+        return summed_BxH / jnp.maximum(jnp.sum(mask_BxLx1, axis=1), 1.0)
+    return jax.jit(fn)
+
+
+def encoder_params(config, model_config, pretrained):
+    """The encoder's parameters: the checkpoint's ``params["bert"]``, or a random init (``seed``)."""
+    import jax
+
+    from bert_jax import modeling
+
+    if pretrained is None:
+        model = modeling.BertModel(model_config, add_pooling_layer=True)
+        return jax.device_get(modeling.init_params(model, jax.random.PRNGKey(int(config.seed))))
+    if "bert" not in pretrained:
+        raise ValueError(f"{config.init_checkpoint}: checkpoint has no encoder at params['bert']")
+    params = dict(pretrained["bert"])
+    if config.features == "pooled" and "pooler" not in params:
+        raise ValueError(f"{config.init_checkpoint}: checkpoint has no pooler weights, so features=pooled would "
+                         "use a random pooler; use features=mean")
+    if config.features == "mean":
+        params.pop("pooler", None)
+    return params
+
+
+def extract_features(feature_fn, params, arrays, batch_size: int, length_bucket: int = 16):
+    """``[N, H]`` float32 features of the encoded ``arrays``. Examples go through in order of length, each
+    batch cut to its longest example rounded up to ``length_bucket`` tokens (0: no cut) and padded to
+    ``batch_size`` rows, so a few shapes compile and short texts cost little. Cutting trailing padding
+    changes nothing: padded positions are masked out of attention and of the mean."""
+    import math
+
+    import jax
+    import numpy as np
+
+    from bert_jax.training import finetune, parallel
+
+    mesh = parallel.make_mesh((-1, 1, 1))
+    params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    batch_size += (-batch_size) % jax.device_count()
+    inputs = {k: np.asarray(arrays[k]) for k in finetune.INPUT_KEYS}
+    n, max_len = inputs["input_ids"].shape
+    lengths = inputs["attention_mask"].sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    out = None
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        cut = max_len
+        if length_bucket:
+            cut = min(max_len, max(1, math.ceil(int(lengths[idx].max()) / length_bucket)) * length_bucket)
+        batch = {}
+        for k, x in inputs.items():
+            x = x[idx, :cut]
+            batch[k] = np.concatenate([x, np.zeros((batch_size - len(idx), cut), x.dtype)])
+        feats = np.asarray(jax.device_get(feature_fn(params, parallel.global_batch_from_host(batch, mesh))))
+        if out is None:
+            out = np.zeros((n, feats.shape[-1]), np.float32)
+        out[idx] = feats[:len(idx)]
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+def make_probe(c: float, standardize: bool, max_iter: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = LogisticRegression(C=c, max_iter=max_iter)
+    return make_pipeline(StandardScaler(), clf) if standardize else clf
+
+
+def _write_predictions(path, idx, labels, preds):
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("idx,label,prediction\n")
+        f.writelines(f"{int(i)},{int(y)},{int(p)}\n" for i, y, p in zip(idx, labels, preds))
+    os.replace(tmp, path)
+
+
+def _save_npz(path, **arrays):
+    import numpy as np
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def finetune_config(config):
+    """experiments/classification's config for the same task, files, checkpoint and sequence length."""
+    from experiments.classification import config as classification_config
+
+    c = classification_config.get_config(f"task={config.task},size={config.model_size}")
+    for key in ("train_file", "eval_file", "test_file", "text_fields", "label_field", "data_dir",
+                "init_checkpoint", "tokenizer", "max_seq_length", "train_fraction", "data_seed"):
+        c[key] = config[key]
+    for key, value in config.finetune.items():
+        c[key] = value
+    c.save_best_model = False
+    return c
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    import time
+
+    import jax
+    import numpy as np
+
+    from bert_jax.tasks import classification as cls
+    from bert_jax.training import finetune
+
+    if config.features not in FEATURES:
+        raise ValueError(f"features={config.features!r}: choose one of {FEATURES}")
+    if config.regression:
+        raise ValueError("regression=True: the linear probe is a classifier (LogisticRegression); use "
+                         "experiments/classification for regression tasks")
+    try:
+        c_grid = sorted(finetune.parse_list(config.c_grid, float))
+    except ValueError as e:
+        raise ValueError(f"c_grid={config.c_grid!r}: {e}; give the C values to try, e.g. 0.01,0.1,1,10") from None
+    if any(not c > 0 for c in c_grid):
+        raise ValueError(f"c_grid={config.c_grid!r}: every C must be > 0")
+    if not 0.0 < config.train_fraction <= 1.0:
+        raise ValueError(f"train_fraction={config.train_fraction}: must be in (0, 1]")
+    os.makedirs(workdir, exist_ok=True)
+    spec, splits = load_task(config, workdir)
+    if "train" not in splits:
+        raise ValueError(f"task {spec.name} has no training split to fit the probe on")
+    if spec.is_regression:
+        raise ValueError(f"task {spec.name} is a regression task; the linear probe is a classifier")
+    if config.train_fraction < 1.0:  # the same subset as experiments/classification's train_fraction
+        n = max(1, int(round(config.train_fraction * len(splits["train"]))))
+        splits["train"] = splits["train"].subset(
+            np.random.default_rng(config.data_seed).permutation(len(splits["train"]))[:n])
+    model_config, pretrained, tokenizer = finetune.load_model_and_tokenizer(config)
+    params = encoder_params(config, model_config, pretrained)
+    feature_fn = make_feature_fn(model_config, config.features)
+
+    # Labelled splits only (GLUE test splits have no labels): train, dev, then test / extra dev sets.
+    encoded, feats, timing = {}, {}, {}
+    for name, examples in splits.items():
+        if name != "train" and (np.asarray(examples.labels) < 0).any():
+            continue
+        encoded[name] = cls.encode_examples(tokenizer, examples, config.max_seq_length)
+        t0 = time.time()
+        feats[name] = extract_features(feature_fn, params, encoded[name], int(config.feature_batch_size),
+                                       int(config.length_bucket))
+        seconds = time.time() - t0
+        timing[name] = {"examples": len(feats[name]), "seconds": round(seconds, 2),
+                        "examples_per_second": round(len(feats[name]) / max(seconds, 1e-9), 1)}
+        print(f"features[{name}]: {feats[name].shape} in {seconds:.1f}s", flush=True)
+        if config.save_features:
+            _save_npz(os.path.join(workdir, f"features_{name.replace(':', '_')}.npz"), features=feats[name],
+                      labels=np.asarray(encoded[name]["labels"]), idx=np.asarray(encoded[name]["idx"]))
+    if len(np.unique(encoded["train"]["labels"])) < 2:
+        raise ValueError("the training split has a single label; a classifier needs at least two")
+
+    labels = {name: np.asarray(a["labels"]) for name, a in encoded.items()}
+    grid, best = [], None
+    for c in c_grid:
+        t0 = time.time()
+        probe = make_probe(c, config.standardize, int(config.max_iter)).fit(feats["train"], labels["train"])
+        dev = spec.metrics(labels["dev"], probe.predict(feats["dev"]))
+        train_acc = float(np.mean(probe.predict(feats["train"]) == labels["train"]))
+        grid.append({"C": c, "dev": dev, "train_accuracy": train_acc, "seconds": round(time.time() - t0, 2)})
+        print(f"C={c:g}: dev {spec.main_metric} {dev[spec.main_metric]:.4f} (train accuracy {train_acc:.4f})",
+              flush=True)
+        if best is None or finetune.score(dev, spec.main_metric) > finetune.score(best[1], spec.main_metric):
+            best = (probe, dev, c)
+    probe, dev_metrics, best_c = best
+
+    result = {
+        "task": config.task, "main_metric": spec.main_metric, "features": config.features,
+        "metrics": dev_metrics, "best_c": best_c, "c_grid": grid,
+        "feature_extraction": {
+            "seconds": round(sum(t["seconds"] for t in timing.values()), 2),
+            "examples": int(sum(t["examples"] for t in timing.values())), "per_split": timing,
+            "devices": jax.device_count(), "platform": jax.devices()[0].platform},
+        "init_checkpoint": config.init_checkpoint or None, "model_config": model_config.to_hf_dict(),
+        "label_names": list(spec.label_names), "config": config.to_dict(),
+        "data_sizes": {name: int(len(f)) for name, f in feats.items()},
+    }
+    for name in feats:
+        if name == "train":
+            continue
+        preds = probe.predict(feats[name])
+        _write_predictions(os.path.join(workdir, f"predictions_{name.replace(':', '_')}.csv"),
+                           encoded[name]["idx"], labels[name], preds)
+        if name != "dev":
+            key = "test_metrics" if name == "test" or name.startswith("test:") else f"{name}_metrics"
+            result[key] = spec.metrics(labels[name], preds)
+
+    if config.compare_finetune:
+        ft = classification.train_and_evaluate(finetune_config(config), os.path.join(workdir, "finetune"))
+        main = spec.main_metric
+        result["finetune"] = {k: ft[k] for k in ("metrics", "spread", "seeds", "best_learning_rate", "steps",
+                                                 "test_metrics") if k in ft}
+        result["finetune"]["workdir"] = os.path.join(workdir, "finetune")
+        result["comparison"] = {
+            "main_metric": main,
+            "linear_probe": {"dev": dev_metrics[main], "test": result.get("test_metrics", {}).get(main)},
+            "finetune": {"dev": ft["metrics"][main], "test": ft.get("test_metrics", {}).get(main)},
+        }
+    finetune.write_results(workdir, result)
+    line = (f"linear probe ({config.features}) on {config.task}: dev {spec.main_metric} "
+            f"{dev_metrics[spec.main_metric]:.4f} (C={best_c:g})")
+    if "test_metrics" in result:
+        line += f"; test {spec.main_metric} {result['test_metrics'][spec.main_metric]:.4f}"
+    if "comparison" in result:
+        cmp = result["comparison"]["finetune"]
+        line += f" | fine-tuning: dev {cmp['dev']:.4f}" + (f", test {cmp['test']:.4f}" if cmp["test"] is not None
+                                                          else "")
+    print(line + f" -> {os.path.join(workdir, 'results.json')}", flush=True)
+    return result
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (ValueError, FloatingPointError) as e:
+        raise SystemExit(f"linear_probe: {e}") from None
+
+
+if __name__ == "__main__":
+    app.run(main)
