@@ -26,8 +26,9 @@ def load_task(config, workdir: str):
         spec = cls.local_task_spec(config.train_file, config.text_fields, config.label_field,
                                    regression=config.regression)
         splits = {"train": cls.load_local(config.train_file, spec), "dev": cls.load_local(config.eval_file, spec)}
-        if config.test_file:
-            splits["test"] = cls.load_local(config.test_file, spec, labelled=False)
+        if config.test_file:  # scored when it has the label column, else only predicted
+            columns, _ = cls.read_table(config.test_file)
+            splits["test"] = cls.load_local(config.test_file, spec, labelled=config.label_field in columns)
         return spec, splits
     if config.task == "rotten_tomatoes":
         out_dir = os.path.join(workdir, "data")
@@ -92,8 +93,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 result.setdefault("glue_submission_files", []).append(path)
             elif (labels >= 0).all():
                 result["test_metrics"] = spec.metrics(labels, preds)
-        elif name == "test" and (np.asarray(arrays["labels"]) >= 0).all():
-            result["test_metrics"] = spec.metrics(arrays["labels"], preds)
+        elif name == "test":
+            if (np.asarray(arrays["labels"]) >= 0).all():
+                result["test_metrics"] = spec.metrics(arrays["labels"], preds)
+            else:
+                result["test_predictions"] = [float(p) if kind == "regression" else int(p) for p in preds]
         else:
             result[f"{name}_metrics"] = spec.metrics(arrays["labels"], preds)
     result["data_sizes"] = {name: int(len(a["input_ids"])) for name, a in encoded.items()}
