@@ -106,7 +106,11 @@ def summarize(runs, metric: str):
 
 
 def _cell(s):
-    return f"{s['mean']:.4f} ± {s['std']:.4f} ({s['median']:.4f})" if s else "–"
+    if not s:
+        return "–"
+    if s["n"] == 1:
+        return f"{s['mean']:.4f} (1 seed)"
+    return f"{s['mean']:.4f} ± {s['std']:.4f} ({s['median']:.4f})"
 
 
 def markdown_table(summary, metric: str, task: str) -> str:
