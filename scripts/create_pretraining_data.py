@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from bert_jax import fileio  # noqa: E402
 from bert_jax.data import pretraining, records, text  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -442,7 +443,7 @@ def create_pretraining_data(*, input_file=None, input_format="lines", tfds_name=
                          "total": round(time.time() - t_start, 3)},
         }
         del store
-        _atomic_write_json(summary_path, summary)
+        fileio.atomic_write(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
         logging.info("wrote %d instances to %d shard(s) in %.1fs; summary %s", total["instances"], len(paths),
                      time.time() - t_start, summary_path)
         return summary
@@ -452,22 +453,6 @@ def create_pretraining_data(*, input_file=None, input_format="lines", tfds_name=
             pool.join()
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-def _atomic_write_json(path: str, obj) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def main(argv):
