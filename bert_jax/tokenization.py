@@ -5,7 +5,7 @@ fine-tuning code never needs to know which one it holds::
 
     tok = load_tokenizer("path/to/vocab.txt")          # or a .model, or an HF / checkpoint directory
     ids = tok.encode("Hello world")                    # no [CLS]/[SEP]
-    ids_list = tok.encode_batch(lines)                 # the hot path: Rust / C++ with threads
+    ids_list = tok.encode_batch(lines)                 # the hot path (flat arrays: encode_batch_flat)
     starts = tok.word_start_table[np.asarray(ids)]     # whole-word masking, vectorised
     feats = tok.encode_for_model("a", "b", max_length=128)   # [CLS] a [SEP] b [SEP], padded, int32
 
@@ -20,8 +20,11 @@ the five BERT specials (ALBERT's ``<pad>``/``<unk>`` are accepted as pad/unk).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import re
+import threading
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -143,6 +146,14 @@ class Tokenizer:
         """``[self.encode(t) for t in texts]``, computed in native code on several threads."""
         raise NotImplementedError
 
+    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`encode_batch` as arrays: the ids of all texts concatenated (int32) and each text's count
+        (int64), without a Python list per text -- the form bulk consumers (pretraining data) want."""
+        ids = self.encode_batch(texts)
+        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lens.sum()))
+        return flat, lens
+
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         raise NotImplementedError
 
@@ -223,6 +234,103 @@ class Tokenizer:
 
 
 # ----------------------------------------------------------------------------------------- WordPiece
+# The fast path of WordPieceTokenizer.encode_batch_flat. For an ASCII text with no control characters,
+# BertNormalizer only lower-cases (when asked) and BertPreTokenizer splits on whitespace and on every ASCII
+# punctuation character (all printable non-alphanumerics), so the words are exactly these regex matches.
+_TEXT_SEPARATOR = "\x1f"  # a control character; a text holding one takes the slow path
+_NOT_PLAIN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1e\x7f]|\[(?:PAD|UNK|CLS|SEP|MASK)\]")  # and \x1f
+_WORDS_LOWER = re.compile(r"[a-z0-9]+|[!-/:-@\[-`{-~\x1f]")
+_WORDS_CASED = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~\x1f]")
+
+
+class _GrowingIndex(dict):
+    """word -> index; a missing word gets the next index and is remembered in ``new``."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.new: list[str] = []
+
+    def __missing__(self, word):
+        k = self[word] = len(self)
+        self.new.append(word)
+        return k
+
+    def take_new(self) -> list[str]:
+        new, self.new = self.new, []
+        return new
+
+
+class _WordPieceCache:
+    """Word -> WordPiece ids, each distinct word computed once by the Rust WordPiece model.
+
+    Pieces are kept as CSR arrays so a batch of word indices expands to ids with numpy gathers. Bounded:
+    past ``max_words`` distinct words the cache starts afresh (a long tail of rare words cannot grow it
+    without limit). Thread-safe.
+    """
+
+    def __init__(self, model, max_words: int = 2_000_000):
+        self._model = model
+        self._max_words = max_words
+        self._lock = threading.Lock()
+        self._reset()
+
+    def __getstate__(self):   # pickles as its model; the cache is rebuilt where it is used
+        return {"model": self._model, "max_words": self._max_words}
+
+    def __setstate__(self, state):
+        self.__init__(state["model"], state["max_words"])
+
+    def _reset(self):
+        self._index = _GrowingIndex({_TEXT_SEPARATOR: 0})   # the text separator: a word with no pieces
+        self._starts = np.zeros(1 << 16, dtype=np.int64)   # pieces of word w: _pieces[_starts[w]:_starts[w+1]]
+        self._pieces = np.zeros(1 << 18, dtype=np.int32)
+        self._n_words, self._n_pieces = 1, 0
+
+    def lookup(self, words: list[str]) -> np.ndarray:
+        """Indices of ``words`` (new ones WordPiece'd and added)."""
+        with self._lock:
+            if self._n_words > self._max_words:
+                self._reset()
+            # dict lookups at C speed; only a new word runs Python (_GrowingIndex.__missing__)
+            ids = np.fromiter(map(self._index.__getitem__, words), dtype=np.int64, count=len(words))
+            new = self._index.take_new()
+            if new:
+                self._append(new, [[t.id for t in self._model.tokenize(w)] for w in new])
+            return ids
+
+    def _append(self, new: list[str], pieces: list[list[int]]):
+        counts = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+        n_w, n_p = self._n_words + len(new), self._n_pieces + int(counts.sum())
+        if n_w + 1 > len(self._starts):
+            self._starts = np.resize(self._starts, max(2 * len(self._starts), n_w + 1))
+        if n_p > len(self._pieces):
+            self._pieces = np.resize(self._pieces, max(2 * len(self._pieces), n_p))
+        self._starts[self._n_words + 1:n_w + 1] = self._n_pieces + np.cumsum(counts)
+        self._pieces[self._n_pieces:n_p] = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int32,
+                                                       count=n_p - self._n_pieces)
+        self._n_words, self._n_pieces = n_w, n_p
+
+    def expand(self, word_ids: np.ndarray, n_texts: int) -> tuple[np.ndarray, np.ndarray]:
+        """The pieces of ``word_ids`` (texts separated by word 0) concatenated, and each text's count."""
+        with self._lock:
+            starts, pieces = self._starts, self._pieces
+            first = starts[word_ids]
+            counts = (starts[word_ids + 1] - first).astype(np.int32)
+            if counts.max(initial=0) <= 1:   # every word one piece (or a separator): a plain gather
+                flat = pieces[first[counts == 1]]
+            else:
+                total = int(counts.sum())
+                out_starts = np.cumsum(counts, dtype=np.int64) - counts
+                src = np.repeat(first - out_starts, counts) + np.arange(total)
+                flat = pieces[src]
+        ends = np.cumsum(counts, dtype=np.int64)[word_ids == 0]   # token count before each separator
+        total = len(flat)
+        bounds = np.concatenate([[0], ends, [total]])
+        lens = np.diff(bounds)
+        if len(lens) != n_texts:
+            raise AssertionError(f"fast WordPiece path split {len(lens)} texts, expected {n_texts}")
+        return flat, lens
+
 def _read_vocab_txt(path: str) -> tuple[list[str], bytes]:
     """Tokens of a BERT vocab.txt (one per line, id = line number) and the raw bytes; ValueError if not one."""
     try:
@@ -314,6 +422,7 @@ class WordPieceTokenizer(Tokenizer):
         # As BertTokenizerFast: the specials are matched verbatim in raw text ("[MASK]" -> mask_id).
         rust.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
         self._rust = rust
+        self._word_cache = _WordPieceCache(rust.model)
 
         special = {t: self._vocab[t] for t in SPECIAL_TOKENS}
         table = np.array([not t.startswith("##") for t in tokens], dtype=bool)
@@ -345,10 +454,51 @@ class WordPieceTokenizer(Tokenizer):
         return self._rust.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        flat, lens = self.encode_batch_flat(texts)
+        return [a.tolist() for a in np.split(flat, np.cumsum(lens)[:-1])] if len(lens) else []
+
+    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of many texts at once, equal to the Rust pipeline's (and HF's) for every text.
+
+        Plain ASCII texts (no control characters, no literal special tokens) -- nearly all of English
+        text -- take a fast path: BERT's normaliser and pre-tokenizer reduce to lower-casing and one regex
+        (words of letters/digits, single punctuation characters), and each distinct word is WordPiece'd
+        once by the Rust model and remembered. The Rust tokenizer costs ~30 us per call, which dominates on
+        sentences; the fast path is ~4x quicker per core. Other texts go through the full Rust pipeline.
+        """
         if isinstance(texts, str):
             raise TypeError("encode_batch takes a list of strings, not one string; use encode()")
+        texts = list(texts)
+        n = len(texts)
+        lens = np.zeros(n, dtype=np.int64)
+        fast = [i for i, t in enumerate(texts) if t.isascii()]
+        body = _TEXT_SEPARATOR.join(texts[i] for i in fast)
+        if _NOT_PLAIN.search(body) or body.count(_TEXT_SEPARATOR) != max(len(fast) - 1, 0):
+            # rare: control characters or literal "[MASK]" etc. somewhere; sort the texts out
+            fast = [i for i in fast if not _NOT_PLAIN.search(texts[i]) and _TEXT_SEPARATOR not in texts[i]]
+            body = _TEXT_SEPARATOR.join(texts[i] for i in fast)
+        pieces_of_fast = None
+        if fast:
+            words = (_WORDS_LOWER if self.do_lower_case else _WORDS_CASED).findall(
+                body.lower() if self.do_lower_case else body)
+            word_ids = self._word_cache.lookup(words)
+            pieces_of_fast, fast_lens = self._word_cache.expand(word_ids, len(fast))
+            lens[fast] = fast_lens
+        slow = sorted(set(range(n)).difference(fast)) if len(fast) < n else []
+        if not slow:
+            return (pieces_of_fast if pieces_of_fast is not None else np.zeros(0, np.int32)), lens
         # encode_batch_fast skips offset tracking; it runs in Rust on all cores (RAYON_NUM_THREADS caps it).
-        return [e.ids for e in self._rust.encode_batch_fast(list(texts), add_special_tokens=False)]
+        slow_ids = [e.ids for e in self._rust.encode_batch_fast([texts[i] for i in slow], add_special_tokens=False)]
+        lens[slow] = [len(x) for x in slow_ids]
+        out = np.empty(int(lens.sum()), dtype=np.int32)
+        starts = np.cumsum(lens) - lens
+        if fast:
+            fast_starts = starts[fast]
+            offsets = np.repeat(fast_starts - (np.cumsum(lens[fast]) - lens[fast]), lens[fast])
+            out[offsets + np.arange(len(pieces_of_fast))] = pieces_of_fast
+        for i, ids in zip(slow, slow_ids):
+            out[starts[i]:starts[i] + len(ids)] = ids
+        return out, lens
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Text from ids, joining ``##`` pieces and cleaning spaces before punctuation like HF's decode."""

@@ -13,8 +13,8 @@ or a directory; ``--vocab_file`` is an alias); ``--num_workers``; ``--sentence_o
 ``--input_format=lines|documents`` (the original's one-sentence-per-line files, or raw text files with one
 document each); ``--tfds_name/--tfds_split/--tfds_text_key`` (a tfds text dataset such as wikipedia).
 
-How it runs: documents are read and tokenised in batches (``tokenizer.encode_batch``: native code on all
-cores) into a flat token store; documents are shuffled and dealt to shards; each shard x dupe round is cut
+How it runs: documents are read in batches of sentences that worker processes tokenise
+(``tokenizer.encode_batch_flat``) into a flat token store; documents are shuffled and dealt to shards; each shard x dupe round is cut
 into chunks of about ``--chunk_tokens`` tokens, and worker processes turn each chunk into instances
 (``bert_jax.data.pretraining``), mask them (vectorised), and encode the TFRecords (``bert_jax.data.records``,
 numpy, no TensorFlow). Memory holds the token store and a few chunks, not ``dupe_factor`` copies. Output is
@@ -29,15 +29,12 @@ again), not globally; different random streams; a whole word never spans a [SEP]
 from __future__ import annotations
 
 import collections
-import itertools
 import json
 import multiprocessing
 import os
-import queue
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from bert_jax import fileio  # noqa: E402
+from bert_jax import fileio, memory  # noqa: E402
 from bert_jax.data import pretraining, records, text  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -185,53 +182,47 @@ def _batches_of_sentences(documents, batch_sentences: int):
         yield sents, counts
 
 
-def _prefetch(iterator, depth: int = 2):
-    """Runs ``iterator`` in a thread, ``depth`` items ahead (reading/splitting text overlaps tokenisation,
-    which releases the GIL). Exceptions are re-raised in the consumer."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce():
-        try:
-            for item in iterator:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as e:  # noqa: BLE001 -- handed to the consumer
-            q.put(e)
-
-    thread = threading.Thread(target=produce, name="read-documents", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+def _ordered_map(pool, fn, items, window: int):
+    """``map(fn, items)`` on ``pool`` in order, with at most ``window`` items in flight: the input is read
+    while the workers run, and never far ahead of them (memory stays flat on any corpus size)."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append(pool.apply_async(fn, (item,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
-def tokenize_documents(documents, tokenizer, stats: dict) -> pretraining.TokenStore:
-    """Tokenises an iterator of documents (lists of sentences) in batches into a TokenStore.
+_TOKENIZER = None   # the tokenizer of the current run; worker processes inherit it (or get it at start-up)
+
+
+def _init_worker(tokenizer):
+    global _TOKENIZER
+    _TOKENIZER = tokenizer
+
+
+def _tokenize_task(batch):
+    """(sentences, sentences per document) -> (flat ids, tokens per sentence, sentences per document)."""
+    sents, doc_counts = batch
+    flat, lens = _TOKENIZER.encode_batch_flat(sents)
+    return flat, lens, np.asarray(doc_counts, dtype=np.int64)
+
+
+def tokenize_documents(documents, tokenizer, stats: dict, pool=None, num_workers: int = 1) -> pretraining.TokenStore:
+    """Tokenises an iterator of documents (lists of sentences) in batches into a TokenStore, on ``pool``'s
+    workers when given (they must hold ``tokenizer``: see ``_init_worker``), in document order.
     Sentences without tokens are dropped, and documents left without sentences are skipped; both counted."""
+    global _TOKENIZER
+    _TOKENIZER = tokenizer
     writer = pretraining.TokenStoreWriter()
     progress = _Progress("tokenised documents")
     n_docs = 0
-    for sents, doc_counts in _prefetch(_batches_of_sentences(documents, _ENCODE_BATCH)):
-        ids = tokenizer.encode_batch(sents)
-        lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lens.sum()))
+    batches = _batches_of_sentences(documents, _ENCODE_BATCH)
+    for flat, lens, doc_counts in _ordered_map(pool, _tokenize_task, batches, window=2 * num_workers):
         if flat.size and (flat.min() < 0 or flat.max() >= tokenizer.vocab_size):
             raise ValueError(f"tokenizer {tokenizer.path} produced ids outside [0, {tokenizer.vocab_size})")
         doc_of_sentence = np.repeat(np.arange(len(doc_counts)), doc_counts)
@@ -323,19 +314,20 @@ def create_pretraining_data(*, input_file=None, input_format="lines", tfds_name=
     if num_workers < 1:
         raise ValueError(f"--num_workers={num_workers} must be >= 1")
 
-    # Workers are forked now, before the tokenizer starts its threads and while the parent is small.
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from bert_jax.tokenization import load_tokenizer
+
+        tokenizer_path = os.fspath(tokenizer)
+        tokenizer = load_tokenizer(tokenizer_path)
+    # Workers are forked now, while the parent is small; each holds the tokenizer (inherited when forked,
+    # pickled once when spawned).
     pool = None
     if num_workers > 1:
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        pool = ctx.Pool(num_workers)
+        pool = ctx.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer,))
     tmp_dir = None
     try:
-        if isinstance(tokenizer, (str, os.PathLike)):
-            from bert_jax.tokenization import load_tokenizer
-
-            tokenizer_path = os.fspath(tokenizer)
-            tokenizer = load_tokenizer(tokenizer_path)
         config = pretraining.InstanceConfig.from_tokenizer(
             tokenizer, max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions_per_seq,
             masked_lm_prob=masked_lm_prob, short_seq_prob=short_seq_prob, whole_word_mask=do_whole_word_mask,
@@ -347,7 +339,7 @@ def create_pretraining_data(*, input_file=None, input_format="lines", tfds_name=
         documents = _documents(input_file, input_format, tfds_name, tfds_split, tfds_text_key, tfds_data_dir,
                                source_stats)
         t0 = time.time()
-        store = tokenize_documents(documents, tokenizer, token_stats)
+        store = tokenize_documents(documents, tokenizer, token_stats, pool, num_workers)
         t_tok = time.time() - t0
         logging.info("read %d documents (%d sentences, %d tokens) in %.1fs", store.num_docs, store.num_sentences,
                      store.num_tokens, t_tok)
@@ -466,6 +458,7 @@ def main(argv):
         raise SystemExit("no tokenizer: pass --vocab_file (or --tokenizer): a WordPiece vocab.txt, a "
                          "SentencePiece .model, or a directory holding one")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    memory.keep_freed_memory()   # numpy temporaries are reused instead of page-faulted in per batch
     flag_values = {name: FLAGS[name].value for name in _OWN_FLAGS}
     try:
         from bert_jax.tokenization import load_tokenizer

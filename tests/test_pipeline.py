@@ -5,6 +5,7 @@ import glob
 import importlib.util
 import json
 import os
+import struct
 import sys
 
 import numpy as np
@@ -121,6 +122,31 @@ def test_crc32c_known_values():
     assert records.crc32c(bytes(32)) == 0x8A9136AA          # RFC 3720 B.4 test vectors
     assert records.crc32c(b"\xff" * 32) == 0x62A8AB43
     assert records.crc32c(bytes(range(32))) == 0x46DD794E
+
+
+def test_native_crc_framing_equals_numpy_framing():
+    """google-crc32c (native) and the numpy CRC give byte-identical TFRecords; both must be there."""
+    assert records._hw_crc is not None, "google-crc32c (requirements.txt) should load its native implementation"
+    feats = _synthetic(70, seed=9)
+    feats["input_ids"][:, :3] = [[0, 127, 128], [16383, 16384, 2**31 - 1]] * 35   # 1..5-byte varints
+    kinds = records.feature_kinds(records.MASKED)
+    native = records._frame_parts(records._example_parts(feats, kinds), 70, use_hw_crc=True)
+    numpy_ = records._frame_parts(records._example_parts(feats, kinds), 70, use_hw_crc=False)
+    assert native == numpy_
+    assert [records.parse_example_bytes(r)["input_ids"][:3].tolist() for r in _split_frames(native)][:2] == [
+        [0, 127, 128], [16383, 16384, 2**31 - 1]]
+
+
+def _split_frames(blob: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos < len(blob):
+        (n,) = struct.unpack("<Q", blob[pos:pos + 8])
+        assert records.masked_crc32c(blob[pos:pos + 8]) == struct.unpack("<I", blob[pos + 8:pos + 12])[0]
+        data = blob[pos + 12:pos + 12 + n]
+        assert records.masked_crc32c(data) == struct.unpack("<I", blob[pos + 12 + n:pos + 16 + n])[0]
+        out.append(data)
+        pos += 16 + n
+    return out
 
 
 def test_original_format_file_reads_back_identically(tmp_path):

@@ -124,6 +124,38 @@ def test_wordpiece_ids_equal_hf_fast_and_slow(bert_vocab, rt_texts, docs_sentenc
         assert n_unk > 0.5 * len(texts)
 
 
+@pytest.mark.parametrize("lower", [True, False], ids=["uncased", "cased"])
+def test_wordpiece_fast_path_equals_rust_pipeline(bert_vocab, docs_sentences, lower):
+    """encode_batch_flat's ASCII fast path (regex words + word cache) against the full Rust pipeline, on the
+    texts that must leave it (controls, the separator it uses, literal specials, non-ASCII) mixed into
+    batches of real text, alone, and after the word cache has been reset."""
+    tok = load_tokenizer(bert_vocab, do_lower_case=lower)
+    tricky = ["", "   ", "\t\n\r", "a\x1fb", "x\x1f", "\x1f", "ab\x01cd", "del\x7fete", "tab\there", "[MASK]",
+              "say [SEP] now", "[mask] lower", "[MASK", "Crème brûlée", "東京 tokyo", "a" * 100, "b" * 101,
+              "x" * 99 + "ing", "Hello, World!! 3.14 -- foo_bar ~`{}|\\^", "e.g. U.S.A. $5,000 (approx.)",
+              "CamelCase WordsHere and UPPER", "x\x0by\x0cz", "unaffable unaffablee"]
+    rust = tok._rust
+
+    def reference(texts):
+        return [e.ids for e in rust.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    mixed = [t for pair in zip(docs_sentences[:len(tricky)], tricky) for t in pair] + docs_sentences[500:2500]
+    for texts in (mixed, tricky, docs_sentences[:3] , [tricky[3]], []):
+        flat, lens = tok.encode_batch_flat(texts)
+        want = reference(texts)
+        assert flat.dtype == np.int32 and lens.dtype == np.int64
+        assert lens.tolist() == [len(w) for w in want]
+        assert flat.tolist() == [i for w in want for i in w]
+        assert tok.encode_batch(texts) == want
+    for t in tricky:
+        assert tok.encode_batch([t]) == reference([t]) == [tok.encode(t)], repr(t)
+    # a tiny cache that keeps resetting gives the same ids
+    from bert_jax.tokenization import _WordPieceCache
+    tok._word_cache = _WordPieceCache(rust.model, max_words=50)
+    assert tok.encode_batch(mixed[:300]) == reference(mixed[:300])
+    assert tok.encode_batch(mixed[:300]) == reference(mixed[:300])
+
+
 def test_wordpiece_hand_cases(bert_vocab):
     unc = load_tokenizer(bert_vocab, do_lower_case=True)
     cased = load_tokenizer(bert_vocab, do_lower_case=False)

@@ -25,6 +25,13 @@ from typing import Mapping
 
 import numpy as np
 
+try:   # hardware CRC32C (SSE4.2 / ARMv8); the numpy path below is the fallback and the reference
+    import google_crc32c as _hw_crc
+    if getattr(_hw_crc, "implementation", "") != "c":
+        _hw_crc = None
+except ImportError:  # pragma: no cover - google-crc32c is in requirements.txt
+    _hw_crc = None
+
 __all__ = [
     "MASKED", "UNMASKED", "RECORD_KINDS", "feature_spec", "feature_kinds",
     "serialize_examples", "frame_records", "encode_records", "RecordWriter", "write_examples",
@@ -290,14 +297,14 @@ def frame_records(matrix: np.ndarray, valid: np.ndarray) -> bytes:
     return _frame_parts([(matrix, valid)], n)
 
 
-def _frame_parts(parts, n: int) -> bytes:
-    """Frames the Examples given as byte columns (see :func:`_example_parts`)."""
+def _frame_parts(parts, n: int, use_hw_crc: bool | None = None) -> bytes:
+    """Frames the Examples given as byte columns (see :func:`_example_parts`). The CRCs come from
+    google-crc32c when it has its native implementation (``use_hw_crc=None``), else from numpy."""
     lengths = np.zeros((n,), dtype=np.int64)
     for _, v in parts:
         lengths += v.sum(axis=1, dtype=np.int64)
     if np.any(lengths <= 0):
         raise ValueError("empty records cannot be framed")
-    _ensure_tables(int(lengths.max()))
     # One pass lays out every record as [8 length][4 crc][data][4 crc], the CRC slots still zero.
     slot = (np.zeros((n, 12), np.uint8), np.ones((n, 12), bool))
     tail = (np.zeros((n, 4), np.uint8), np.ones((n, 4), bool))
@@ -306,6 +313,25 @@ def _frame_parts(parts, n: int) -> bytes:
     rec_len = lengths + 16
     rec_end = np.cumsum(rec_len)
     rec_start = rec_end - rec_len
+    len_bytes = lengths.astype("<u8").view(np.uint8).reshape(n, 8)
+    if _hw_crc is not None and use_hw_crc is not False:
+        value, view = _hw_crc.value, flat.tobytes()
+        data_crc = np.fromiter((value(view[s + 12:e - 4]) for s, e in zip(rec_start.tolist(), rec_end.tolist())),
+                               dtype=np.uint32, count=n)
+        len_view = len_bytes.tobytes()
+        len_crc = np.fromiter((value(len_view[8 * r:8 * r + 8]) for r in range(n)), dtype=np.uint32, count=n)
+        for col, crc in ((8, len_crc), (-4, data_crc)):
+            pos = (rec_start if col > 0 else rec_end) + col
+            flat[pos[:, None] + np.arange(4)] = _mask_crc(crc).astype("<u4").view(np.uint8).reshape(n, 4)
+        flat[rec_start[:, None] + np.arange(8)] = len_bytes
+        return flat.tobytes()
+    return _frame_numpy(flat, lengths, rec_start, rec_end, len_bytes, n)
+
+
+def _frame_numpy(flat, lengths, rec_start, rec_end, len_bytes, n: int) -> bytes:
+    """The CRCs of :func:`_frame_parts` with numpy (no native library): table lookups, XOR-reduced."""
+    _ensure_tables(int(lengths.max()))
+    rec_len = lengths + 16
     # CRC of each record's data: XOR of table entries indexed by (bytes to the end of the data, byte value).
     itype = np.int32 if 256 * (flat.size + _POS_TABLE.shape[0]) < 2**31 else np.int64
     index = np.repeat((256 * (rec_end - 5)).astype(itype), rec_len)
@@ -316,7 +342,6 @@ def _frame_parts(parts, n: int) -> bytes:
     index[head_tail.reshape(-1)] = zero_entry
     contrib = _POS_TABLE.reshape(-1)[index]
     data_crc = _mask_crc(np.bitwise_xor.reduceat(contrib, rec_start) ^ _ZERO_CRC[lengths])
-    len_bytes = lengths.astype("<u8").view(np.uint8).reshape(n, 8)
     len_crc = _mask_crc(_crc32c_rows(len_bytes, np.full((n,), 8)))
     flat[head_tail.reshape(-1)] = np.concatenate([
         len_bytes, len_crc.astype("<u4").view(np.uint8).reshape(n, 4),
