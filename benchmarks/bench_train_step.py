@@ -80,6 +80,9 @@ flags.DEFINE_boolean("pipeline", True, "Measure the input pipeline's batches/s w
 flags.DEFINE_integer("seed", 0, "Seed of the weights and the synthetic batch.")
 flags.DEFINE_enum("rng_impl", "threefry2x32", ["threefry2x32", "rbg", "unsafe_rbg"],
                   "PRNG of both models' dropout (bert_jax's config.rng_impl).")
+flags.DEFINE_boolean("keep_freed_memory", True, "bert_jax.memory.keep_freed_memory() at start, as bert_jax's "
+                     "trainers do: glibc reuses freed buffers instead of page-faulting fresh ones each step "
+                     "(process-wide, so HF's step gets it too).")
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 flags.DEFINE_boolean("quick", False, "Smoke test: 2 timed steps in 1 round, 1 warm-up step, short matmul timing.")
 FLAGS = flags.FLAGS
@@ -583,6 +586,8 @@ def main(argv):
     n_rounds = min(n_rounds, n_steps)
 
     load_start = os.getloadavg()
+    from bert_jax import memory
+    kept = memory.keep_freed_memory() if FLAGS.keep_freed_memory else False
     import jax
     jax.config.update("jax_default_prng_impl", FLAGS.rng_impl)
     import jax.numpy as jnp
@@ -601,7 +606,7 @@ def main(argv):
         "num_devices": jax.device_count(), "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "python": platform.python_version(), "machine": platform.machine(),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "xla_flags": os.environ.get("XLA_FLAGS"),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "keep_freed_memory": kept, "xla_flags": os.environ.get("XLA_FLAGS"),
         "loadavg_start": load_start, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
@@ -619,7 +624,7 @@ def main(argv):
                              f"{e}); install transformers 4.x with Flax support or pass --nohf") from None
     print(f"jax {env['jax']} on {env['platform']} ({env['device_kind']}), {env['cpu_affinity']} CPU cores, "
           f"flax {env.get('flax')}, transformers {env.get('transformers', 'not used')}, "
-          f"GLIBC_TUNABLES={env['glibc_tunables']}, load average {load_start[0]:.2f}", flush=True)
+          f"GLIBC_TUNABLES={env['glibc_tunables']}, keep_freed_memory={kept}, load average {load_start[0]:.2f}", flush=True)
 
     mm_time = 0.3 if FLAGS.quick else 1.5
     peak, per_size = measure_matmul_peak(sizes, mm_dtype, mm_time)

@@ -203,3 +203,29 @@ def test_dropout_and_bf16(hf_pretraining, batch, tmp_path):
     assert bf16.mlm_logits.dtype == jnp.float32  # logits come back in fp32 for the loss
     assert jax.tree_util.tree_leaves(params)[0].dtype == np.float32
     assert_close(bf16.mlm_logits, det.mlm_logits, rtol=5e-2, what="bf16")
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
+def test_dropout_16bit_masks(rate):
+    """bert_jax's Dropout: drop rate within sampling error of `rate`, exact expectation, independent
+    decisions from the two 16-bit halves of a draw, fresh masks per key, identity when deterministic."""
+    layer = modeling.Dropout(rate)
+    x = jnp.ones((64, 33, 129), jnp.float32)   # odd last axis: the halves do not line up with the shape
+    out = np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)}))
+    dropped = out == 0
+    n = dropped.size
+    assert abs(dropped.mean() - rate) < 5 * np.sqrt(rate * (1 - rate) / n)
+    threshold = round((1 - rate) * 65536)
+    np.testing.assert_allclose(out[~dropped], 65536 / threshold, rtol=1e-6)
+    assert abs(out.mean() - 1.0) < 5 * np.sqrt(rate / (1 - rate) / n)
+    # element j and j + ceil(n/2) of a row come from the same 32-bit draw: independent all the same
+    half = (x.shape[-1] + 1) // 2
+    a, b = dropped[..., :x.shape[-1] - half], dropped[..., half:]
+    assert abs((a & b).mean() - rate * rate) < 5 * np.sqrt(rate * rate * (1 - rate * rate) / a.size)
+    # neighbouring rows and batch entries differ; another key gives another mask
+    assert not np.array_equal(dropped[0], dropped[1]) and not np.array_equal(dropped[0, 0], dropped[0, 1])
+    other = np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})) == 0
+    assert abs((other != dropped).mean() - 2 * rate * (1 - rate)) < 0.01   # two independent masks
+    assert layer.apply({}, x, deterministic=True) is x
+    bf = layer.apply({}, x.astype(jnp.bfloat16), deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
+    assert bf.dtype == jnp.bfloat16
