@@ -178,6 +178,35 @@ def measure_matmul_peak(sizes, dtype, min_seconds):
     return max(per_size.values()), per_size
 
 
+def measure_matmul_floor(cfg, batch_size, seq_len, max_predictions, dtype, min_seconds):
+    """The step's matmuls (`bert_jax.flops.pretrain_step_matmuls`) timed one shape at a time, jitted,
+    median of repeats: the time the step would take if it did nothing but its matmuls, each at the speed
+    this backend reaches for that shape. Returns (seconds per step, {shape: seconds})."""
+    import jax
+    import jax.numpy as jnp
+
+    from bert_jax import flops
+    mm = flops.pretrain_step_matmuls(cfg, batch_size, seq_len, max_predictions)
+    per_shape = {}
+    total = 0.0
+    for part, pass_, bt, m, k, n, count in mm:
+        key = (bt, m, k, n)
+        if key not in per_shape:
+            ka, kb = jax.random.split(jax.random.PRNGKey(0))
+            a = jax.random.normal(ka, (bt, m, k) if bt > 1 else (m, k), dtype)
+            b = jax.random.normal(kb, (bt, k, n) if bt > 1 else (k, n), dtype)
+            f = jax.jit(jnp.matmul)
+            f(a, b).block_until_ready()
+            times, t_end = [], time.perf_counter() + min_seconds
+            while len(times) < 3 or (time.perf_counter() < t_end and len(times) < 200):
+                t0 = time.perf_counter()
+                f(a, b).block_until_ready()
+                times.append(time.perf_counter() - t0)
+            per_shape[key] = statistics.median(times)
+        total += count * per_shape[key]
+    return total, {f"{bt}x[{m},{k}]x[{k},{n}]": t for (bt, m, k, n), t in per_shape.items()}
+
+
 def hf_pretrain_sums(hf_model, params, batch, rng=None, deterministic=True):
     """HF's forward (logits at all L positions, as its API returns them), gathered at the masked positions."""
     from bert_jax.modeling import gather_positions
@@ -467,6 +496,18 @@ def bench_config(label, size, seq_len, batch_size, matmul_peak, chip_peak, n_ste
         result["ratio_tokens_per_second"] = (result["bert_jax"]["tokens_per_second"]
                                              / result["hf"]["tokens_per_second"])
         print(f"  ratio bert_jax / HF: {result['ratio_tokens_per_second']:.2f}x tokens/s", flush=True)
+    # The distance to the hardware: the same matmuls alone, each at the speed this backend gets for its shape.
+    floor_s, floor_shapes = measure_matmul_floor(cfg, batch_size, seq_len, P, jnp.dtype(FLAGS.dtype),
+                                                 0.05 if FLAGS.quick else 0.3)
+    step_s = result["bert_jax"]["step_seconds_median"]
+    result["matmul_floor"] = {"seconds_per_step": floor_s, "per_shape_seconds": floor_shapes,
+                              "step_over_floor": step_s / floor_s,
+                              "floor_flops_per_second": step_flops / floor_s,
+                              "mfu_ceiling_vs_matmul_peak": step_flops / floor_s / matmul_peak}
+    print(f"  matmul floor: the step's {len(floor_shapes)} matmul shapes alone take {floor_s * 1e3:,.0f} ms/step "
+          f"({step_flops / floor_s / 1e9:,.1f} GFLOP/s, {100 * step_flops / floor_s / matmul_peak:.1f}% of the "
+          f"matmul peak: the MFU ceiling of any implementation of these shapes); bert_jax's step takes "
+          f"{step_s / floor_s:.2f}x that, {100 * (1 - floor_s / step_s):.0f}% of it outside the matmuls", flush=True)
     result["setup_seconds"] = setup_s
     return result, runners[0]
 
@@ -689,6 +730,10 @@ def main(argv):
         line += f", HF {100 * r['hf']['mfu_load_matched']:.1f}%)" if "hf" in r else ")"
         if chip_peak:
             line += f"; bert_jax {100 * r['bert_jax']['mfu_vs_chip_peak']:.1f}% of the chip's bf16 peak"
+        f = r.get("matmul_floor")
+        if f:
+            line += (f"; matmul-only ceiling {100 * f['mfu_ceiling_vs_matmul_peak']:.1f}%, step "
+                     f"{f['step_over_floor']:.2f}x its matmul floor")
         print(line)
     if FLAGS.json:
         out = {"env": env, "matmul_peak_flops": best_peak, "matmul_peak_measurements": peaks,

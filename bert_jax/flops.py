@@ -163,6 +163,45 @@ def pretrain_step_flops(config, batch_size: int, seq_len: int, max_predictions: 
     return int(batch_size) * train_flops_per_sequence(config, seq_len, max_predictions)
 
 
+def pretrain_step_matmuls(config, batch_size: int, seq_len: int,
+                          max_predictions: Optional[int] = None) -> list:
+    """The matmuls of one pre-training step as ``(part, pass, batch, M, K, N, count)``: ``count`` products of
+    ``batch`` independent ``[M, K] x [K, N]``. Each forward ``[M, K] x [K, N]`` has two backward products
+    of the same FLOPs, ``[M, N] x [N, K]`` (gradient to the input) and ``[K, M] x [M, N]`` (to the weight,
+    or to the second operand). Their FLOPs add up to :func:`pretrain_step_flops`; timing each shape gives
+    the step's matmul floor (``benchmarks/bench_train_step.py``)."""
+    _check(seq_len, max_predictions, batch_size)
+    n, h, i, v = _dims(config)
+    B, L = int(batch_size), int(seq_len)
+    heads = config.num_attention_heads
+    d = h // heads
+    P = L if max_predictions is None else int(max_predictions)
+    T = B * L
+    forward = [  # part, batch, M, K, N, count
+        ("qkv", 1, T, h, 3 * h, n),
+        ("attention_scores", B * heads, L, d, L, n),
+        ("attention_context", B * heads, L, L, d, n),
+        ("attention_output", 1, T, h, h, n),
+        ("ffn_in", 1, T, h, i, n),
+        ("ffn_out", 1, T, i, h, n),
+        ("pooler", 1, B, h, h, 1),
+        ("nsp", 1, B, h, 2, 1),
+        ("mlm_transform", 1, B * P, h, h, 1),
+        ("mlm_vocab", 1, B * P, h, v, 1),
+    ]
+    out = []
+    for part, bt, m, k, nn_, c in forward:
+        out.append((part, "forward", bt, m, k, nn_, c))
+        out.append((part, "grad_input", bt, m, nn_, k, c))
+        out.append((part, "grad_weight", bt, k, m, nn_, c))
+    return out
+
+
+def matmul_flops(matmuls) -> int:
+    """Total FLOPs of :func:`pretrain_step_matmuls` entries."""
+    return sum(2 * bt * m * k * nn_ * c for _, _, bt, m, k, nn_, c in matmuls)
+
+
 def mfu(flops_per_second: float, peak_flops_per_chip: float, num_chips: int = 1) -> float:
     """Achieved model FLOP/s as a fraction of the peak of ``num_chips`` chips."""
     if not peak_flops_per_chip or peak_flops_per_chip <= 0:

@@ -145,6 +145,32 @@ def test_exactly_the_matmuls_of_the_traced_step(size, seq_len, batch, prediction
         assert grad_dots == 3 * ours
 
 
+def _dot_flops_list(jaxpr, out):
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            sub = jcore.Jaxpr([], [], [], [eqn])
+            out.append(jaxpr_dot_flops(sub))
+        for param in eqn.params.values():
+            for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+                if isinstance(sub, jcore.ClosedJaxpr):
+                    _dot_flops_list(sub.jaxpr, out)
+                elif isinstance(sub, jcore.Jaxpr):
+                    _dot_flops_list(sub, out)
+    return out
+
+
+@pytest.mark.parametrize("predictions", [3, None])
+def test_step_matmul_list_is_the_traced_backward(predictions):
+    """pretrain_step_matmuls: one entry per dot_general of the traced gradient, FLOPs for FLOPs."""
+    config = modeling.BertConfig.named("tiny", vocab_size=300)
+    _, loss, _, largs = _forward_and_loss(config, 2, 16, predictions)
+    traced = sorted(_dot_flops_list(jax.make_jaxpr(jax.grad(loss))(*largs).jaxpr, []))
+    mm = flops.pretrain_step_matmuls(config, 2, 16, predictions)
+    ours = sorted(2 * bt * m * k * n for _, _, bt, m, k, n, c in mm for _ in range(c))
+    assert flops.matmul_flops(mm) == flops.pretrain_step_flops(config, 2, 16, predictions) == sum(traced)
+    assert ours == traced
+
+
 def _xla_flops(fn, args):
     ca = jax.jit(fn).lower(*args).compile().cost_analysis()
     if isinstance(ca, (list, tuple)):
