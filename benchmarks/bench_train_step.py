@@ -601,18 +601,8 @@ def bench_pipeline(config_runs, quick, workdir):
 # ----------------------------------------------------------------------------------------------
 
 def write_json_atomic(path, obj):
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".bench.", suffix=".json", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from bert_jax import fileio
+    fileio.atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv):

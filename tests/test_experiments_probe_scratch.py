@@ -177,6 +177,38 @@ def test_linear_probe_beside_finetuning_on_a_fraction(rt_files, tiny_ckpt, tmp_p
     assert cmp["linear_probe"] == {"dev": saved["metrics"]["accuracy"], "test": None}
 
 
+def test_classification_test_file_scored_when_labelled_predicted_when_not(rt_files, tiny_ckpt, tmp_path):
+    """experiments/classification with --config.test_file: a file with the label column is scored
+    (test_metrics), the same rows without it are only predicted (test_predictions), and the two runs
+    (same seed, same data) agree: the scored accuracy is that of the predictions."""
+    from sklearn.metrics import accuracy_score
+
+    from experiments.classification import config as cls_config
+    from experiments.classification import main as cls_main
+
+    unlabelled = str(tmp_path / "test_unlabelled.csv")
+    with open(rt_files["test"], encoding="utf-8") as f, open(unlabelled, "w", newline="", encoding="utf-8") as g:
+        w = csv.writer(g)
+        w.writerow(["text"])
+        w.writerows([r["text"]] for r in csv.DictReader(f))
+    results = {}
+    for name, test_file in (("labelled", rt_files["test"]), ("unlabelled", unlabelled)):
+        config = cls_config.get_config("task=csv")
+        _csv_task(config, rt_files, tiny_ckpt)
+        config.test_file = test_file
+        config.update(FT)
+        results[name] = cls_main.train_and_evaluate(config, str(tmp_path / name))
+    scored, predicted = results["labelled"], results["unlabelled"]
+    assert "test_predictions" not in scored and "test_metrics" not in predicted
+    assert scored["data_sizes"]["test"] == predicted["data_sizes"]["test"] == 80
+    assert len(predicted["test_predictions"]) == 80 and set(predicted["test_predictions"]) <= {0, 1}
+    assert scored["metrics"] == predicted["metrics"]
+    assert scored["test_metrics"]["accuracy"] == pytest.approx(
+        accuracy_score(_labels(rt_files["test"]), predicted["test_predictions"]), abs=1e-12)
+    with open(os.path.join(str(tmp_path / "unlabelled"), "results.json"), encoding="utf-8") as f:
+        assert json.load(f)["test_predictions"] == predicted["test_predictions"]
+
+
 def test_linear_probe_mean_features_equal_a_direct_forward(rt_files, tmp_path):
     """Random init (no checkpoint), features=mean: the saved features of a few dev rows equal the masked
     mean of BertModel's last layer computed here, one example at a time, without padding."""

@@ -125,21 +125,21 @@ def make_probe(c: float, standardize: bool, max_iter: int):
 
 
 def _write_predictions(path, idx, labels, preds):
-    import tempfile
+    from bert_jax import fileio
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("idx,label,prediction\n")
-        f.writelines(f"{int(i)},{int(y)},{int(p)}\n" for i, y, p in zip(idx, labels, preds))
-    os.replace(tmp, path)
+    fileio.atomic_write(path, "idx,label,prediction\n"
+                        + "".join(f"{int(i)},{int(y)},{int(p)}\n" for i, y, p in zip(idx, labels, preds)))
 
 
 def _save_npz(path, **arrays):
+    import io
+
     import numpy as np
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+
+    from bert_jax import fileio
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    fileio.atomic_write(path, buf.getvalue())
 
 
 def finetune_config(config):

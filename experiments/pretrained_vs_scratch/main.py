@@ -15,6 +15,7 @@ Runs already in ``results.json`` from an earlier call with the same settings are
 an interrupted grid resumes, and the two arms may run as separate jobs (``--config.inits=scratch``).
 """
 
+import io
 import os
 import sys
 
@@ -24,6 +25,7 @@ from absl import app, flags, logging  # noqa: E402
 
 # experiments/classification/main.py defines the shared --config and --workdir flags when imported (a
 # second definition would clash in one process); this experiment reuses them and its data loading.
+from bert_jax import fileio  # noqa: E402
 from experiments.classification import main as classification  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -156,17 +158,14 @@ def plot(summary, metric: str, task: str, path: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    fileio.atomic_write(path, buf.getvalue())
 
 
 def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fileio.atomic_write(path, text)
 
 
 def _previous_runs(workdir: str, config) -> list:
