@@ -32,6 +32,8 @@ INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
 IGNORE_INDEX = -100
 
 
+_PROGRESS_EVERY_S = 30.0   # fine-tuning prints a progress line at least this often within an epoch
+
 def score(metrics: Mapping[str, float], name: str) -> float:
     """The selection score: higher is better; NaN (e.g. a correlation of constant predictions) is worst."""
     v = float(metrics[name])
@@ -228,7 +230,7 @@ def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Map
     patience = int(cfg.get("early_stopping_patience", 0))
 
     best, best_epoch, best_params, history, step = None, -1, None, [], 0
-    t_start = time.time()
+    t_start = last_report = time.time()
     epochs = math.ceil(float(cfg.num_epochs))
     for epoch in range(epochs):
         losses = []
@@ -238,6 +240,13 @@ def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Map
             params, opt_state, loss = ft._train(params, opt_state, ft.put(batch), rng, step)
             losses.append(loss)
             step += 1
+            now = time.time()
+            if now - last_report >= _PROGRESS_EVERY_S and step < total:   # long epochs: progress between
+                last_report = now
+                rate = step / (now - t_start)
+                print(f"{label} epoch {epoch + 1}/{epochs} step {step}/{total} train_loss "
+                      f"{float(np.mean(jax.device_get(losses[-20:]))):.4f} (last 20) ({rate:.1f} steps/s, "
+                      f"ETA {(total - step) / rate:.0f}s)", flush=True)
         train_loss = float(np.mean(jax.device_get(losses))) if losses else float("nan")
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"{label} train loss is {train_loss} in epoch {epoch + 1}; lower the "
@@ -249,6 +258,7 @@ def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Map
         print(f"{label} epoch {epoch + 1}/{epochs} step {step}/{total} train_loss {train_loss:.4f} "
               f"dev {main_metric} {dev_metrics[main_metric]:.4f} ({step / elapsed:.1f} steps/s, ETA {eta:.0f}s)",
               flush=True)
+        last_report = time.time()
         if writer is not None:
             writer.write_scalars(step, {"train/loss": train_loss, "train/learning_rate": float(ft.schedule(step - 1)),
                                         **{f"eval/{k}": v for k, v in dev_metrics.items()}})
