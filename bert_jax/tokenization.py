@@ -238,7 +238,9 @@ class Tokenizer:
 # BertNormalizer only lower-cases (when asked) and BertPreTokenizer splits on whitespace and on every ASCII
 # punctuation character (all printable non-alphanumerics), so the words are exactly these regex matches.
 _TEXT_SEPARATOR = "\x1f"  # a control character; a text holding one takes the slow path
-_NOT_PLAIN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1e\x7f]|\[(?:PAD|UNK|CLS|SEP|MASK)\]")  # and \x1f
+# Texts that need the full pipeline: control characters (BERT deletes them) and literal special tokens (matched
+# verbatim); a text holding the separator is sent there by a separate check.
+_NOT_PLAIN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1e\x7f]|\[(?:PAD|UNK|CLS|SEP|MASK)\]")
 _WORDS_LOWER = re.compile(r"[a-z0-9]+|[!-/:-@\[-`{-~\x1f]")
 _WORDS_CASED = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~\x1f]")
 
