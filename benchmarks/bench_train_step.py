@@ -3,6 +3,7 @@ r"""Pre-training train step: bert_jax against HF transformers' `FlaxBertForPreTr
     python benchmarks/bench_train_step.py                      # BERT-Mini (batch 32) and BERT-base (batch 8)
     python benchmarks/bench_train_step.py --configs=mini --json=/tmp/bench.json
     python benchmarks/bench_train_step.py --quick --configs=tiny:64:8   # smoke test, seconds
+    python benchmarks/bench_train_step.py --configs=mini --profile      # + where the time goes, by XLA op kind
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python benchmarks/bench_train_step.py   # huge pages (see below)
 
 Both steps do the same work on the same batch from the same weights: MLM cross-entropy over the
@@ -83,6 +84,8 @@ flags.DEFINE_enum("rng_impl", "threefry2x32", ["threefry2x32", "rbg", "unsafe_rb
 flags.DEFINE_boolean("keep_freed_memory", True, "bert_jax.memory.keep_freed_memory() at start, as bert_jax's "
                      "trainers do: glibc reuses freed buffers instead of page-faulting fresh ones each step "
                      "(process-wide, so HF's step gets it too).")
+flags.DEFINE_boolean("profile", False, "Trace 2 steps of each implementation with jax.profiler and print where "
+                     "the step's time goes by XLA op kind (fusion names without their number).")
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 flags.DEFINE_boolean("quick", False, "Smoke test: 2 timed steps in 1 round, 1 warm-up step, short matmul timing.")
 FLAGS = flags.FLAGS
@@ -205,6 +208,41 @@ def measure_matmul_floor(cfg, batch_size, seq_len, max_predictions, dtype, min_s
             per_shape[key] = statistics.median(times)
         total += count * per_shape[key]
     return total, {f"{bt}x[{m},{k}]x[{k},{n}]": t for (bt, m, k, n), t in per_shape.items()}
+
+
+def profile_by_kind(runner, steps=2, top=12):
+    """Runs ``steps`` steps under jax.profiler and sums the traced XLA ops by kind (``ynn_fusion``,
+    ``copy_bitcast_fusion``, ...: the op name without its number): ``{kind: ms per step}``, largest first.
+    Ops that run concurrently on the host's threads overlap, so the kinds can add up to more than a step."""
+    import collections
+    import glob
+    import gzip
+    import re
+    import shutil
+
+    import jax
+    trace_dir = tempfile.mkdtemp(prefix="bench_trace_")
+    try:
+        jax.profiler.start_trace(trace_dir)
+        try:
+            runner.run(steps, record=False)
+        finally:
+            jax.profiler.stop_trace()
+        paths = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+        if not paths:
+            return {}
+        with gzip.open(paths[0]) as f:
+            events = json.load(f).get("traceEvents", [])
+    finally:
+        shutil.rmtree(trace_dir, ignore_errors=True)
+    kinds = collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        if e.get("ph") != "X" or "dur" not in e or name.startswith("$") or "Thunk" in name or "Slinky" in name \
+                or "PjitFunction" in name:
+            continue
+        kinds[re.sub(r"\.\d+$", "", name)] += e["dur"] / 1e3 / steps
+    return dict(kinds.most_common(top))
 
 
 def hf_pretrain_sums(hf_model, params, batch, rng=None, deterministic=True):
@@ -496,6 +534,12 @@ def bench_config(label, size, seq_len, batch_size, matmul_peak, chip_peak, n_ste
         result["ratio_tokens_per_second"] = (result["bert_jax"]["tokens_per_second"]
                                              / result["hf"]["tokens_per_second"])
         print(f"  ratio bert_jax / HF: {result['ratio_tokens_per_second']:.2f}x tokens/s", flush=True)
+    if FLAGS.profile:
+        for r in runners:
+            kinds = profile_by_kind(r)
+            result.setdefault("profile_ms_per_step_by_kind", {})[r.name] = kinds
+            print(f"  {r.name} profile, ms/step by XLA op kind (concurrent ops overlap): "
+                  + ", ".join(f"{k} {v:,.0f}" for k, v in kinds.items()), flush=True)
     # The distance to the hardware: the same matmuls alone, each at the speed this backend gets for its shape.
     floor_s, floor_shapes = measure_matmul_floor(cfg, batch_size, seq_len, P, jnp.dtype(FLAGS.dtype),
                                                  0.05 if FLAGS.quick else 0.3)
