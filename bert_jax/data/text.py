@@ -151,6 +151,18 @@ def read_line_documents(files: Sequence[str], stats: SourceStats | None = None) 
             stats.empty_documents_skipped += 1   # an empty (or all-blank) file
 
 
+def _raw_document(data: bytes, stats: SourceStats) -> list[str]:
+    """The sentences of one raw document (bytes), counted in ``stats``; [] (counted as skipped) if none."""
+    stats.bytes += len(data)
+    sentences = document_sentences(_decode(data, stats), stats)
+    if not sentences:
+        stats.empty_documents_skipped += 1
+        return []
+    stats.documents += 1
+    stats.sentences += len(sentences)
+    return sentences
+
+
 def read_raw_documents(files: Sequence[str], stats: SourceStats | None = None) -> Iterator[list[str]]:
     """One document per file, split with :func:`document_sentences` (e.g. the Python docs' ``.rst.txt``)."""
     stats = stats if stats is not None else SourceStats()
@@ -158,14 +170,9 @@ def read_raw_documents(files: Sequence[str], stats: SourceStats | None = None) -
         stats.files += 1
         with open(path, "rb") as f:
             data = f.read()
-        stats.bytes += len(data)
-        sentences = document_sentences(_decode(data, stats), stats)
-        if not sentences:
-            stats.empty_documents_skipped += 1
-            continue
-        stats.documents += 1
-        stats.sentences += len(sentences)
-        yield sentences
+        sentences = _raw_document(data, stats)
+        if sentences:
+            yield sentences
 
 
 def read_tfds_documents(name: str, split: str = "train", text_key: str = "text", data_dir: str | None = None,
@@ -187,11 +194,6 @@ def read_tfds_documents(name: str, split: str = "train", text_key: str = "text",
     for example in tfds.as_numpy(ds):
         value = example[text_key]
         data = value if isinstance(value, bytes) else str(value).encode("utf-8")
-        stats.bytes += len(data)
-        sentences = document_sentences(_decode(data, stats), stats)
-        if not sentences:
-            stats.empty_documents_skipped += 1
-            continue
-        stats.documents += 1
-        stats.sentences += len(sentences)
-        yield sentences
+        sentences = _raw_document(data, stats)
+        if sentences:
+            yield sentences

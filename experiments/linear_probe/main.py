@@ -26,17 +26,6 @@ FLAGS = flags.FLAGS
 FEATURES = ("pooled", "mean")
 
 
-def load_task(config, workdir: str):
-    """experiments/classification's splits; a local ``test_file`` that has the label column is read with
-    its labels, so it is scored (classification reads it unlabelled, for prediction files)."""
-    from bert_jax.tasks import classification as cls
-
-    spec, splits = classification.load_task(config, workdir)
-    if config.task == "csv" and config.test_file and spec.label_field in cls.read_table(config.test_file)[0]:
-        splits["test"] = cls.load_local(config.test_file, spec)
-    return spec, splits
-
-
 def make_feature_fn(model_config, features: str):
     """A jitted ``(encoder params, batch) -> [B, H]`` features function."""
     import jax
@@ -179,7 +168,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if not 0.0 < config.train_fraction <= 1.0:
         raise ValueError(f"train_fraction={config.train_fraction}: must be in (0, 1]")
     os.makedirs(workdir, exist_ok=True)
-    spec, splits = load_task(config, workdir)
+    spec, splits = classification.load_task(config, workdir)  # a labelled test_file is scored
     if "train" not in splits:
         raise ValueError(f"task {spec.name} has no training split to fit the probe on")
     if spec.is_regression:

@@ -187,17 +187,6 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def load_task(config, workdir: str):
-    """experiments/classification's splits; a local ``test_file`` that has the label column is read with
-    its labels, so it is scored (classification reads it unlabelled, for prediction files)."""
-    from bert_jax.tasks import classification as cls
-
-    spec, splits = classification.load_task(config, workdir)
-    if config.task == "csv" and config.test_file and spec.label_field in cls.read_table(config.test_file)[0]:
-        splits["test"] = cls.load_local(config.test_file, spec)
-    return spec, splits
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
     import time
 
@@ -215,7 +204,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         raise ValueError("regression=True is not supported: this experiment compares classifiers")
     os.makedirs(workdir, exist_ok=True)
     previous = _previous_runs(workdir, config)
-    spec, splits = load_task(config, workdir)
+    spec, splits = classification.load_task(config, workdir)  # a labelled test_file is scored
     if "train" not in splits:
         raise ValueError(f"task {spec.name} has no training split")
     if spec.is_regression:
