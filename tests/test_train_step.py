@@ -147,6 +147,23 @@ def test_optimizers_match_optax_reference(name, ref):
     assert float(loss(p1)) < float(loss(params))
 
 
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])  # clips / leaves alone (global norm is ~3.9)
+def test_clip_by_global_norm_matches_optax(max_norm):
+    grads = {"a": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "b": {"bias": jnp.array([0.25, -0.125])}}
+    ours, theirs = optim.clip_by_global_norm(max_norm), optax.clip_by_global_norm(max_norm)
+    s1, s2 = ours.init(grads), theirs.init(grads)
+    assert jax.tree_util.tree_structure(s1) == jax.tree_util.tree_structure(s2)  # checkpoints interchange
+    u1, _ = ours.update(grads, s1)
+    u2, _ = theirs.update(grads, s2)
+    for a, b, g in zip(jax.tree_util.tree_leaves(u1), jax.tree_util.tree_leaves(u2),
+                       jax.tree_util.tree_leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=3e-7)
+        if max_norm > 10:
+            np.testing.assert_array_equal(a, g)   # below the threshold: the gradient itself
+    norm = float(optax.global_norm(u1))
+    assert norm == pytest.approx(min(max_norm, float(optax.global_norm(grads))), rel=1e-6)
+
+
 def test_schedule_warmup_then_linear_decay():
     s = optim.make_schedule(opt_config(learning_rate=1.0, warmup_steps=10, num_train_steps=110))
     np.testing.assert_allclose([float(s(i)) for i in (0, 5, 10, 60, 110)], [0.0, 0.5, 1.0, 0.5, 0.0],

