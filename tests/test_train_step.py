@@ -75,6 +75,26 @@ def test_pmap_equals_jit_on_8_devices(tiny):
     assert pmap_losses[2] < pmap_losses[0]  # it learns (same batches cycle is not needed: lr is high)
 
 
+def test_tensor_and_fsdp_sharded_step_equals_one_device(tiny):
+    """jit over a (data 2, fsdp 2, tensor 2) mesh, weights sharded by their logical axes (heads, mlp, vocab
+    over "tensor"; embed over "fsdp"): the same losses and weights as the unsharded step."""
+    cfg, model, params = tiny
+    batches = [random_batch(8, seed=s) for s in range(2)]
+    ref_state, ref_losses = run_jit(model, params, batches)
+
+    mesh = parallel.make_mesh((2, 2, 2))
+    shardings = parallel.shardings_of(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"],
+                                      jax.random.PRNGKey(0), mesh, parallel.DEFAULT_RULES)
+    assert any("tensor" in str(s.spec) for s in jax.tree_util.tree_leaves(shardings))
+    sharded = jax.device_put(params, shardings)
+    state, losses = run_jit(model, sharded, batches, mesh=mesh)
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-6)
+    qkv = state.params["bert"]["encoder"]["layer_0"]["attention"]["qkv"]["kernel"]
+    assert "tensor" in str(qkv.sharding.spec)      # still sharded after the update
+    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(ref_state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_grad_accumulation_equals_big_batch(tiny):
     _, model, params = tiny
     big = random_batch(16, seed=3)
