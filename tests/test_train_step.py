@@ -127,6 +127,27 @@ def test_loss_is_weighted_masked_mean(tiny):
     assert abs(got - expected) < 1e-5 * abs(expected)
 
 
+def test_softmax_cross_entropy_matches_autodiff():
+    """The hand-written loss gradient equals autodiff of log_softmax + take_along_axis; the hit count
+    equals argmax == label."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 5, 97)) * 4, jnp.float32)
+    ids = jnp.asarray(rng.integers(0, 97, (3, 5)), jnp.int32)
+    ids = ids.at[0, 0].set(int(jnp.argmax(logits[0, 0])))       # at least one hit
+    w = jnp.asarray(rng.uniform(size=(3, 5)), jnp.float32)
+
+    def ref(x):
+        return -jnp.take_along_axis(jax.nn.log_softmax(x, -1), ids[..., None], -1)[..., 0]
+
+    nll, correct = step_lib.softmax_cross_entropy(logits, ids)
+    np.testing.assert_allclose(nll, ref(logits), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(correct, (jnp.argmax(logits, -1) == ids).astype(np.float32))
+    assert float(correct.sum()) >= 1
+    ours = jax.grad(lambda x: jnp.sum(step_lib.softmax_cross_entropy(x, ids)[0] * w))(logits)
+    theirs = jax.grad(lambda x: jnp.sum(ref(x) * w))(logits)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+
+
 def test_adamw_first_step_by_hand():
     """Step 1 of AdamW with bias correction: update = -lr * (g / (|g| + eps) + wd * p), no decay on
     biases and LayerNorm."""

@@ -53,14 +53,46 @@ def _labels(batch):
     return nsp.reshape(nsp.shape[0]) if nsp.ndim > 1 else nsp
 
 
+def _xent_forward(logits, ids):
+    top = jnp.max(logits, axis=-1)
+    lse = top + jnp.log(jnp.sum(jnp.exp(logits - top[..., None]), axis=-1))
+    label_logit = jnp.take_along_axis(logits, ids[..., None], axis=-1)[..., 0]
+    return lse - label_logit, (label_logit >= top).astype(jnp.float32), lse
+
+
+@jax.custom_vjp
+def softmax_cross_entropy(logits, ids):
+    """``(nll, correct)`` per row of ``logits`` [..., V] with integer labels ``ids`` [...]: the negative
+    log-softmax at the label, and 1.0 where the label's logit is the largest (the argmax, ties counted as
+    hits; no gradient). The backward pass is the closed form ``softmax - one_hot``, one fused pass over
+    the [..., V] logits: autodiff of log_softmax + take_along_axis materialises a scattered one-hot and a
+    second exp over the vocabulary, and an argmax is a third pass."""
+    nll, correct, _ = _xent_forward(logits, ids)
+    return nll, correct
+
+
+def _xent_fwd(logits, ids):
+    nll, correct, lse = _xent_forward(logits, ids)
+    return (nll, correct), (logits, ids, lse)
+
+
+def _xent_bwd(residuals, cotangents):
+    logits, ids, lse = residuals
+    d_nll, _ = cotangents
+    one_hot = jnp.arange(logits.shape[-1], dtype=jnp.int32) == ids[..., None]
+    d_logits = (jnp.exp(logits - lse[..., None]) - one_hot.astype(logits.dtype)) * d_nll[..., None]
+    return d_logits, None
+
+
+softmax_cross_entropy.defvjp(_xent_fwd, _xent_bwd)
+
+
 def sums_from_logits(mlm_logits_BxPxV, nsp_logits_Bx2, batch):
     """Per-batch *sums* (not means) of the MLM and NSP losses, hits and counts, from the logits at the
     masked positions and the NSP logits."""
-    logp = jax.nn.log_softmax(mlm_logits_BxPxV.astype(jnp.float32), axis=-1)
     ids = batch["masked_lm_ids"].astype(jnp.int32)
     weights = batch["masked_lm_weights"].astype(jnp.float32)
-    nll = -jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
-    correct = (jnp.argmax(logp, -1) == ids).astype(jnp.float32)
+    nll, correct = softmax_cross_entropy(mlm_logits_BxPxV.astype(jnp.float32), ids)
     labels = _labels(batch).astype(jnp.int32)
     nsp_logp = jax.nn.log_softmax(nsp_logits_Bx2.astype(jnp.float32), axis=-1)
     nsp_nll = -jnp.take_along_axis(nsp_logp, labels[:, None], axis=-1)[:, 0]
