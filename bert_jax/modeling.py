@@ -320,15 +320,17 @@ class Dense(nn.Module):
 
 
 class Dropout(nn.Module):
-    """Inverted dropout whose keep/drop decisions use 16 random bits each (two per 32-bit draw).
+    """Inverted dropout whose keep/drop decisions use 16 random bits each (four per threefry block).
 
-    ``flax.linen.Dropout`` draws a 32-bit uniform per element (a BERT-base step at batch 8 x 128 makes ~47M
-    dropout decisions; drawing them alone takes 2.3x longer that way on CPU, measured in isolation -- in the
-    whole step dropout costs ~7%). Here each 32-bit draw makes two decisions,
-    ``bits16 < round((1 - rate) * 2**16)``, and kept values are scaled by ``2**16 / threshold`` so the
-    expectation is exact; the dropout rate is ``rate`` to within 2**-17 (0.1 -> 0.1000061). The bits are
-    drawn along the last axis only (``[..., ceil(n / 2)]``), so batch-sharded activations get
-    batch-sharded masks. Uses the ``"dropout"`` RNG stream, like flax's.
+    ``flax.linen.Dropout`` draws a 32-bit uniform per element, and ``jax.random.bits`` makes each 32-bit
+    word from a whole threefry2x32 block (64 bits, XOR-ed together); a BERT-base step at batch 8 x 128 makes
+    ~47M dropout decisions. Here each block makes four decisions, ``bits16 < round((1 - rate) * 2**16)``,
+    and kept values are scaled by ``2**16 / threshold`` so the expectation is exact; the dropout rate is
+    ``rate`` to within 2**-17 (0.1 -> 0.1000061). The blocks are counted by position along
+    ``[..., ceil(n / 4)]`` (element-wise, so batch-sharded activations get batch-sharded masks). With
+    non-threefry keys (``jax_default_prng_impl``), two decisions per ``jax.random.bits`` word. Uses the
+    ``"dropout"`` RNG stream, like flax's. Measured on the BERT-base step (2-core CPU): dropout costs
+    3.5% of the step this way, against ~10% for 32-bit decisions.
     """
     rate: float
 
@@ -342,11 +344,30 @@ class Dropout(nn.Module):
         if threshold >= 65536:
             return x
         shape = x.shape if x.ndim else (1,)
-        n = shape[-1]
-        bits = jax.random.bits(self.make_rng("dropout"), shape[:-1] + ((n + 1) // 2,), jnp.uint32)
-        bits16 = jnp.concatenate([bits & 0xFFFF, bits >> 16], axis=-1)[..., :n].reshape(x.shape)
-        keep = bits16 < jnp.uint32(threshold)
+        keep = _keep_mask(self.make_rng("dropout"), shape, threshold).reshape(x.shape)
         return jnp.where(keep, x * jnp.asarray(65536.0 / threshold, x.dtype), jnp.zeros((), x.dtype))
+
+
+def _keep_mask(key, shape, threshold):
+    """Boolean [*shape]: 16-bit random numbers < threshold, four from each threefry2x32 block."""
+    n = shape[-1]
+    data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    if data.shape != (2,) or math.prod(shape) >= 2 ** 34:   # not a threefry key (or > 2^32 blocks)
+        bits = jax.random.bits(key, shape[:-1] + ((n + 1) // 2,), jnp.uint32)
+        return jnp.concatenate([bits & 0xFFFF, bits >> 16], axis=-1)[..., :n] < jnp.uint32(threshold)
+    # One threefry2x32 block per 4 decisions, counted by position along [..., ceil(n / 4)] (element-wise,
+    # so sharded activations get sharded masks); jax.random.bits would XOR the block's two words into one.
+    block_shape = shape[:-1] + (-(-n // 4),)
+    index = jnp.zeros(block_shape, jnp.uint32)
+    stride = 1
+    for d in reversed(range(len(block_shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, block_shape, d) * jnp.uint32(stride)
+        stride *= block_shape[d]
+    from jax.extend.random import threefry2x32_p
+    w1, w2 = threefry2x32_p.bind(data[0], data[1], jnp.zeros(block_shape, jnp.uint32), index)
+    halves = jnp.stack([w1 & 0xFFFF, w1 >> 16, w2 & 0xFFFF, w2 >> 16], axis=-1) < jnp.uint32(threshold)
+    return halves.reshape(shape[:-1] + (-1,))[..., :n]
+
 
 
 class BertEmbeddings(nn.Module):

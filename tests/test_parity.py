@@ -258,7 +258,8 @@ def test_dropout_and_bf16(hf_pretraining, batch, tmp_path):
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
 def test_dropout_16bit_masks(rate):
     """bert_jax's Dropout: drop rate within sampling error of `rate`, exact expectation, independent
-    decisions from the two 16-bit halves of a draw, fresh masks per key, identity when deterministic."""
+    decisions from the four 16-bit quarters of a threefry block, fresh masks per key, identity when
+    deterministic; the same for typed keys and for a non-threefry PRNG (two decisions per word)."""
     layer = modeling.Dropout(rate)
     x = jnp.ones((64, 33, 129), jnp.float32)   # odd last axis: the halves do not line up with the shape
     out = np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)}))
@@ -268,10 +269,10 @@ def test_dropout_16bit_masks(rate):
     threshold = round((1 - rate) * 65536)
     np.testing.assert_allclose(out[~dropped], 65536 / threshold, rtol=1e-6)
     assert abs(out.mean() - 1.0) < 5 * np.sqrt(rate / (1 - rate) / n)
-    # element j and j + ceil(n/2) of a row come from the same 32-bit draw: independent all the same
-    half = (x.shape[-1] + 1) // 2
-    a, b = dropped[..., :x.shape[-1] - half], dropped[..., half:]
-    assert abs((a & b).mean() - rate * rate) < 5 * np.sqrt(rate * rate * (1 - rate * rate) / a.size)
+    # elements 4j .. 4j+3 of a row come from the same threefry block: pairwise independent all the same
+    for i, k in ((0, 1), (0, 2), (1, 3), (2, 3)):
+        a, b = dropped[..., i::4][..., :32], dropped[..., k::4][..., :32]
+        assert abs((a & b).mean() - rate * rate) < 5 * np.sqrt(rate * rate * (1 - rate * rate) / a.size)
     # neighbouring rows and batch entries differ; another key gives another mask
     assert not np.array_equal(dropped[0], dropped[1]) and not np.array_equal(dropped[0, 0], dropped[0, 1])
     other = np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})) == 0
@@ -279,3 +280,8 @@ def test_dropout_16bit_masks(rate):
     assert layer.apply({}, x, deterministic=True) is x
     bf = layer.apply({}, x.astype(jnp.bfloat16), deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
     assert bf.dtype == jnp.bfloat16
+    typed = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    np.testing.assert_array_equal(np.asarray(typed) == 0, dropped)        # typed threefry key: same mask
+    rbg = np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0, impl="rbg")})) == 0
+    assert abs(rbg.mean() - rate) < 5 * np.sqrt(rate * (1 - rate) / n)
+    assert abs((rbg != dropped).mean() - 2 * rate * (1 - rate)) < 0.01
