@@ -11,9 +11,11 @@ Post-LN Transformer encoder as in the original BERT (Devlin et al., 2018) and HF
   mesh can shard them with the rules in `bert_jax.training.parallel`.
 * ``masked_positions`` on the pre-training head: MLM logits only where they are needed (the original
   ``gather_indexes``).
-* dropout masks from 16-bit random numbers (:class:`Dropout`: half the random bits of
-  ``flax.linen.Dropout``), and ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPUs) wherever
-  attention-probability dropout is off.
+* dense layers (:class:`Dense`: ``DenseGeneral``'s parameters) computed as one 2-D matmul over the
+  flattened tokens with a hand-written backward pass (`dense_matmul`), exact GELU through ``erf``.
+* dropout masks from 16-bit random numbers, four per threefry block (:class:`Dropout`), and
+  ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPUs) wherever attention-probability
+  dropout is off.
 
 Parameter tree (``params``)::
 
