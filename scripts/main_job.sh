@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job, end to end, offline, on real data (12 min wall on 2 idle cores: 9 of them pre-training):
+# The main job, end to end, offline, on real data (11 min wall on 2 idle cores: 8.5 of them pre-training):
 #   1. train a WordPiece vocabulary on the Python docs (1.4M words of English prose),
 #   2. build BERT pre-training data (MLM + NSP) from them,
 #   3. pre-train a tiny BERT (2 layers, hidden 128) for a few thousand steps,

@@ -94,13 +94,12 @@ def sums_from_logits(mlm_logits_BxPxV, nsp_logits_Bx2, batch):
     weights = batch["masked_lm_weights"].astype(jnp.float32)
     nll, correct = softmax_cross_entropy(mlm_logits_BxPxV.astype(jnp.float32), ids)
     labels = _labels(batch).astype(jnp.int32)
-    nsp_logp = jax.nn.log_softmax(nsp_logits_Bx2.astype(jnp.float32), axis=-1)
-    nsp_nll = -jnp.take_along_axis(nsp_logp, labels[:, None], axis=-1)[:, 0]
+    nsp_nll, nsp_correct = softmax_cross_entropy(nsp_logits_Bx2.astype(jnp.float32), labels)
     return {
         "mlm_nll": jnp.sum(nll * weights), "mlm_count": jnp.sum(weights),
         "mlm_correct": jnp.sum(correct * weights),
         "nsp_nll": jnp.sum(nsp_nll), "nsp_count": jnp.asarray(labels.shape[0], jnp.float32),
-        "nsp_correct": jnp.sum((jnp.argmax(nsp_logp, -1) == labels).astype(jnp.float32)),
+        "nsp_correct": jnp.sum(nsp_correct),
     }
 
 
