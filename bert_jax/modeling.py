@@ -42,7 +42,6 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jax.extend.random import threefry2x32_p
 
 Array = jax.Array
 
@@ -352,6 +351,30 @@ class Dropout(nn.Module):
         return jnp.where(keep, x * jnp.asarray(65536.0 / threshold, x.dtype), jnp.zeros((), x.dtype))
 
 
+def _rotate_left(x, bits):
+    return (x << jnp.uint32(bits)) | (x >> jnp.uint32(32 - bits))
+
+
+def threefry2x32(key1, key2, x1, x2):
+    """Threefry-2x32 with 20 rounds (Salmon et al. 2011, Random123): the hash behind JAX's default PRNG,
+    bit-identical to ``jax.extend.random.threefry2x32_p`` (tested), written out round by round.
+
+    XLA:CPU lowers JAX's primitive as a 5-iteration while loop (for compile time), which writes both
+    words of every block to memory between iterations; unrolled, the whole hash -- and whatever
+    consumes its output -- compiles into one element-wise loop. TPUs and GPUs get the unrolled form
+    from JAX too. ``key1``/``key2`` are uint32 scalars, ``x1``/``x2`` uint32 arrays (the counter)."""
+    rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+    ks = (key1, key2, key1 ^ key2 ^ jnp.uint32(0x1BD11BDA))
+    x1, x2 = x1 + ks[0], x2 + ks[1]
+    for i in range(5):
+        for r in rotations[i % 2]:
+            x1 = x1 + x2
+            x2 = _rotate_left(x2, r) ^ x1
+        x1 = x1 + ks[(i + 1) % 3]
+        x2 = x2 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    return x1, x2
+
+
 def _keep_mask(key, shape, threshold):
     """Boolean [*shape]: 16-bit random numbers < threshold, four from each threefry2x32 block."""
     n = shape[-1]
@@ -367,7 +390,7 @@ def _keep_mask(key, shape, threshold):
     for d in reversed(range(len(block_shape))):
         index = index + jax.lax.broadcasted_iota(jnp.uint32, block_shape, d) * jnp.uint32(stride)
         stride *= block_shape[d]
-    w1, w2 = threefry2x32_p.bind(data[0], data[1], jnp.zeros(block_shape, jnp.uint32), index)
+    w1, w2 = threefry2x32(data[0], data[1], jnp.zeros(block_shape, jnp.uint32), index)
     halves = jnp.stack([w1 & 0xFFFF, w1 >> 16, w2 & 0xFFFF, w2 >> 16], axis=-1) < jnp.uint32(threshold)
     return halves.reshape(shape[:-1] + (-1,))[..., :n]
 
