@@ -7,7 +7,9 @@
         cli.run(train_and_evaluate, "ner")
 
 ``--config`` (an ml_collections config file with ``:arg``, locked) and ``--workdir`` are defined once per
-process however many mains are imported (tests import several). ``run`` quiets Orbax's INFO logging
+process however many mains are imported (tests import several). ``run`` first makes glibc keep freed
+memory for reuse (`bert_jax.memory.keep_freed_memory`: XLA:CPU's per-step buffers are not page-faulted
+in again every step; it has to happen before the first JAX computation), quiets Orbax's INFO logging
 unless ``--verbosity`` is given and turns a ValueError / FloatingPointError into one ``name: message``
 line and exit status 1, instead of a traceback.
 """
@@ -18,6 +20,8 @@ from typing import Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from bert_jax import memory
 
 FLAGS = flags.FLAGS
 
@@ -36,6 +40,7 @@ def run(train_and_evaluate: Callable, name: str, before: Callable[[], None] | No
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        memory.keep_freed_memory()
         if not FLAGS["verbosity"].present:  # Orbax logs every file it writes at INFO
             logging.set_verbosity(logging.WARNING)
         try:

@@ -458,7 +458,7 @@ def main(argv):
         raise SystemExit("no tokenizer: pass --vocab_file (or --tokenizer): a WordPiece vocab.txt, a "
                          "SentencePiece .model, or a directory holding one")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    memory.keep_freed_memory()   # numpy temporaries are reused instead of page-faulted in per batch
+    memory.keep_freed_memory(single_heap=False)   # numpy temporaries reused, not page-faulted in per batch
     flag_values = {name: FLAGS[name].value for name in _OWN_FLAGS}
     try:
         from bert_jax.tokenization import load_tokenizer

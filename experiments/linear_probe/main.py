@@ -16,10 +16,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 
 # experiments/classification/main.py defines the shared --config and --workdir flags when imported (a
 # second definition would clash in one process); this experiment reuses them and its data loading.
+from bert_jax import cli  # noqa: E402
 from experiments.classification import main as classification  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -259,16 +260,5 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return result
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FloatingPointError) as e:
-        raise SystemExit(f"linear_probe: {e}") from None
-
-
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(train_and_evaluate, "linear_probe")

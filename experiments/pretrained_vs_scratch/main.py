@@ -21,11 +21,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 
 # experiments/classification/main.py defines the shared --config and --workdir flags when imported (a
 # second definition would clash in one process); this experiment reuses them and its data loading.
-from bert_jax import fileio  # noqa: E402
+from bert_jax import cli, fileio  # noqa: E402
 from experiments.classification import main as classification  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -290,18 +290,10 @@ def enable_compilation_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+def _before():
     if FLAGS.config.compilation_cache:
         enable_compilation_cache(os.path.join(FLAGS.workdir, "jax_cache"))
-    try:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FloatingPointError) as e:
-        raise SystemExit(f"pretrained_vs_scratch: {e}") from None
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(train_and_evaluate, "pretrained_vs_scratch", before=_before)
