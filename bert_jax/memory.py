@@ -8,7 +8,7 @@ temporary allocation at BERT-base, batch 8) -- then page-faults all of that memo
 measured on a 2-core VM, 230,000-290,000 faults and ~20% of the CPU time of every BERT-Mini/base step,
 and a third of the system time of ``scripts/create_pretraining_data.py``. :func:`keep_freed_memory`
 makes glibc serve everything from one heap (one arena, no ``mmap``) and never trim it, so freed blocks
-are reused without faults: the BERT-Mini step 1.2x, BERT-base 1.08x faster, system time ~0. The cost is
+are reused without faults: the BERT-Mini train step 1.2-1.3x, BERT-base 1.08x faster, system time ~0. The cost is
 that the heap does not shrink back after a peak -- fine for a job that runs one workload until it exits
 -- and that threads share one allocator lock.
 
