@@ -242,25 +242,21 @@ def LayerNorm(config: BertConfig, name: str = "LayerNorm"):  # noqa: N802 (a mod
     return LayerNormalization(epsilon=config.layer_norm_eps, dtype=config.dtype, name=name)
 
 
-def _layer_norm_stats(x_f32, eps):
-    mean = jnp.mean(x_f32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x_f32 - mean), axis=-1, keepdims=True)
-    return mean, jax.lax.rsqrt(var + eps)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def layer_norm(x, scale, bias, eps, dtype=None):
     """LayerNorm over the last axis, statistics and arithmetic in fp32 (the mean, then the variance about
     it, as PyTorch computes them), output in ``dtype`` (default ``x.dtype``); with a hand-written backward pass:
     ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` for ``g = dy * scale``. Autodiff of the same
     maths makes XLA:CPU materialise ``rstd * scale`` broadcast to the full activation as a residual and
-    take more passes over it in both directions. Gradients checked against PyTorch (tests/test_parity.py)."""
+    take more passes over it in both directions (BERT-Mini step 1.03x, base 1.01x without them).
+    Gradients checked against flax's module and PyTorch (tests/test_parity.py)."""
     return _layer_norm_fwd(x, scale, bias, eps, dtype)[0]
 
 
 def _layer_norm_fwd(x, scale, bias, eps, dtype=None):
     x_f32 = x.astype(jnp.float32)
-    mean, rstd = _layer_norm_stats(x_f32, eps)
+    mean = jnp.mean(x_f32, axis=-1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x_f32 - mean), axis=-1, keepdims=True) + eps)
     y = (x_f32 - mean) * rstd * scale.astype(jnp.float32) + bias.astype(jnp.float32)
     return y.astype(dtype or x.dtype), (x, mean, rstd, scale)
 

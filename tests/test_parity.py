@@ -329,6 +329,6 @@ def test_layer_norm_matches_flax_and_autodiff():
     bf = modeling.LayerNormalization(epsilon=1e-12, dtype="bfloat16").apply(params, x)
     assert bf.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(bf, np.float32), ref.apply(params, x), rtol=2e-2, atol=2e-2)
-    dx_bf = jax.grad(lambda x: jnp.sum(modeling.layer_norm(x, params["params"]["scale"],
-                                                           params["params"]["bias"], 1e-12) * w))(x.astype(jnp.bfloat16))
+    scale, bias = params["params"]["scale"], params["params"]["bias"]
+    dx_bf = jax.grad(lambda x: jnp.sum(modeling.layer_norm(x, scale, bias, 1e-12) * w))(x.astype(jnp.bfloat16))
     assert dx_bf.dtype == jnp.bfloat16
