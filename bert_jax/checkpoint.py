@@ -14,6 +14,7 @@ import os
 import jax
 import numpy as np
 
+from bert_jax import fileio
 from bert_jax.fileio import is_remote, read_json, write_json
 from bert_jax.modeling import BertConfig
 
@@ -25,7 +26,7 @@ write_json_atomic = write_json  # the name the training and experiment code use
 
 
 def abspath(path: str) -> str:
-    return path if is_remote(path) else os.path.abspath(path)
+    return fileio.normalize_path(path)
 
 
 def write_marker(directory: str, config: BertConfig, **extra) -> None:
@@ -57,7 +58,7 @@ def save_params(directory: str, config: BertConfig, params) -> str:
     """Exports ``params`` (host numpy or jax arrays) as a bert_jax model directory."""
     import orbax.checkpoint as ocp
 
-    directory = os.path.abspath(directory)
+    directory = abspath(directory)
     target = os.path.join(directory, "params")
     if os.path.exists(target):
         raise ValueError(f"{target} already exists; choose an empty output directory")
@@ -78,6 +79,7 @@ def latest_step_dir(checkpoints_dir: str):
 
 def _restore_tree(path: str):
     import orbax.checkpoint as ocp
+    path = abspath(path)  # Orbax refuses relative paths
     try:
         with ocp.StandardCheckpointer() as ckptr:
             tree = ckptr.restore(path)
@@ -89,6 +91,7 @@ def _restore_tree(path: str):
 
 def load_params(directory: str):
     """(config, params) from an exported model directory or a training workdir (newest step)."""
+    directory = abspath(directory)
     config, _ = read_marker(directory)
     if os.path.isdir(os.path.join(directory, "params")):
         return config, _restore_tree(os.path.join(directory, "params"))

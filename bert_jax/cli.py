@@ -9,7 +9,8 @@
 ``--config`` (an ml_collections config file with ``:arg``, locked) and ``--workdir`` are defined once per
 process however many mains are imported (tests import several). ``run`` first makes glibc keep freed
 memory for reuse (`bert_jax.memory.keep_freed_memory`: XLA:CPU's per-step buffers are not page-faulted
-in again every step; it has to happen before the first JAX computation), quiets Orbax's INFO logging
+in again every step; it has to happen before the first JAX computation), makes ``--workdir`` and the
+config's path fields (`PATH_FIELDS`) absolute with ``~`` expanded (users type relative paths), quiets Orbax's INFO logging
 unless ``--verbosity`` is given and turns a ValueError / FloatingPointError into one ``name: message``
 line and exit status 1, instead of a traceback.
 """
@@ -21,9 +22,43 @@ from typing import Callable
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bert_jax import memory
+from bert_jax import fileio, memory
 
 FLAGS = flags.FLAGS
+
+# Config fields that hold paths (single paths, or comma-separated lists of paths/globs), at any depth
+# (e.g. ``phases[i].train_files``). `normalize_config_paths` makes them absolute once, at load time.
+PATH_FIELDS = frozenset({
+    "init_checkpoint", "tokenizer", "train_files", "eval_files", "train_files_512", "train_file",
+    "eval_file", "test_file", "data_dir", "corpus", "output_dir"})
+
+
+def normalize_config_paths(config):
+    """Every `PATH_FIELDS` value in ``config`` (nested ConfigDicts and lists of them too): relative to the
+    current directory or absolute, ``~`` expanded -> absolute. Returns ``config`` (changed in place)."""
+    import ml_collections
+
+    def visit(c):
+        for key in list(c.keys()):
+            value = c[key]
+            if isinstance(value, ml_collections.ConfigDict):
+                visit(value)
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    if isinstance(item, ml_collections.ConfigDict):
+                        visit(item)
+            elif key in PATH_FIELDS and isinstance(value, str) and value:
+                c[key] = fileio.normalize_path_list(value)
+    visit(config)
+    return config
+
+
+def normalize_flag_paths(*names: str) -> None:
+    """The absl flags ``names`` (paths or comma-separated lists of paths/globs) made absolute, ``~``
+    expanded, for mains that do not go through `run`."""
+    for name in names:
+        if FLAGS[name].value:
+            FLAGS[name].value = fileio.normalize_path_list(FLAGS[name].value)
 
 
 def define_flags(config_help: str, workdir_help: str = "Output directory (results.json, TensorBoard).") -> None:
@@ -46,7 +81,8 @@ def run(train_and_evaluate: Callable, name: str, before: Callable[[], None] | No
         try:
             if before is not None:
                 before()
-            train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            config = normalize_config_paths(FLAGS.config)
+            train_and_evaluate(config, fileio.normalize_path(FLAGS.workdir))
         except (ValueError, FloatingPointError) as e:
             raise SystemExit(f"{name}: {e}") from None
 

@@ -16,6 +16,23 @@ def is_remote(path: str) -> bool:
     return "://" in str(path)
 
 
+def normalize_path(path: str) -> str:
+    """A path as a user typed it -> absolute, with ``~`` expanded; URLs (``gs://...``) and "" unchanged.
+    Done once where paths enter (CLI flags, config loading, `load_pretrained`): Orbax and the worker
+    processes need absolute paths, and a relative one would mean a different file after a ``chdir``."""
+    path = os.fspath(path) if path is not None else path
+    if not path or is_remote(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def normalize_path_list(spec: str) -> str:
+    """``normalize_path`` of each entry of a comma-separated list of paths or globs."""
+    if not spec:
+        return spec
+    return ",".join(normalize_path(p.strip()) for p in str(spec).split(",") if p.strip())
+
+
 def atomic_write(path: str, data: Union[bytes, str]) -> str:
     """Writes ``data`` (bytes, or text as UTF-8) to ``path`` atomically; returns ``path``."""
     payload = data.encode("utf-8") if isinstance(data, str) else data

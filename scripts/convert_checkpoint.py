@@ -28,6 +28,9 @@ def main(argv):
     del argv
     import jax
 
+    from bert_jax import cli
+    cli.normalize_flag_paths("input", "output", "tokenizer")
+
     import bert_jax
     from bert_jax.convert import mapping
 

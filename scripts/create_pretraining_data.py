@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from bert_jax import fileio, memory  # noqa: E402
+from bert_jax import cli, fileio, memory  # noqa: E402
 from bert_jax.data import pretraining, records, text  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -343,6 +343,8 @@ def create_pretraining_data(*, input_file=None, input_format="lines", tfds_name=
         t_tok = time.time() - t0
         logging.info("read %d documents (%d sentences, %d tokens) in %.1fs", store.num_docs, store.num_sentences,
                      store.num_tokens, t_tok)
+        if source_stats.invalid_utf8_warning():
+            print(f"create_pretraining_data: {source_stats.invalid_utf8_warning()}", file=sys.stderr, flush=True)
         if store.num_docs == 0:
             where = f"tfds {tfds_name}:{tfds_split}" if tfds_name else f"--input_file={input_file!r}"
             raise ValueError(f"no text in {where}: {source_stats.files} file(s), {source_stats.documents} "
@@ -450,6 +452,7 @@ def create_pretraining_data(*, input_file=None, input_format="lines", tfds_name=
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.normalize_flag_paths("input_file", "output_file", "output_dir", "vocab_file", "tokenizer", "tfds_data_dir")
     tok_path = FLAGS.tokenizer or FLAGS.vocab_file
     if FLAGS.tokenizer and FLAGS.vocab_file and FLAGS.tokenizer != FLAGS.vocab_file:
         raise SystemExit(f"--tokenizer={FLAGS.tokenizer!r} and --vocab_file={FLAGS.vocab_file!r} disagree; "

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from bert_jax import fileio, tokenization  # noqa: E402
+from bert_jax import cli, fileio, tokenization  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input_file", None, "Comma-separated files or globs (** allowed) of text, one sentence a line.")
@@ -149,6 +149,7 @@ def train_wordpiece(sentences: list[str], *, vocab_size: int, lowercase: bool, m
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.normalize_flag_paths("input_file", "output_prefix")
     if not FLAGS.input_file:
         raise SystemExit("--input_file is required (comma-separated files or globs of text)")
     if not FLAGS.output_prefix:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from bert_jax import checkpoint
+from bert_jax import checkpoint, fileio
 from bert_jax.convert import google, hf
 
 FORMATS = ("hf", "google", "bert_jax")
@@ -33,8 +33,9 @@ def detect_format(path: str) -> str:
 
 def load_pretrained(path, format: str | None = None):
     """Returns ``(BertConfig, params)``; the encoder is at ``params["bert"]``, heads (``cls``,
-    ``classifier``, ``qa_outputs``) only where the checkpoint has them. Arrays are host numpy fp32."""
-    path = os.fspath(path)
+    ``classifier``, ``qa_outputs``) only where the checkpoint has them (`bert_jax.modeling.add_missing_heads`
+    gives fresh ones). Arrays are host numpy fp32. ``path`` may be relative or start with ``~``."""
+    path = fileio.normalize_path(os.fspath(path))
     fmt = format or detect_format(path)
     if fmt == "hf":
         return hf.load(path)
@@ -48,7 +49,7 @@ def load_pretrained(path, format: str | None = None):
 def save_pretrained(out_dir, config, params, format: str = "hf"):
     """Writes ``params`` as an HF directory (default; ``transformers.BertForPreTraining.from_pretrained``
     loads it), a Google TF-1 checkpoint, or a bert_jax (Orbax) directory."""
-    out_dir = os.fspath(out_dir)
+    out_dir = fileio.normalize_path(os.fspath(out_dir))
     if format == "hf":
         return hf.save(out_dir, config, params)
     if format == "google":

@@ -39,9 +39,21 @@ class SourceStats:
     empty_documents_skipped: int = 0   # a document (file, example, blank-line-delimited block) with no text
     lines_with_invalid_utf8: int = 0   # lines (or whole texts) where bytes had to be replaced
     directive_lines_dropped: int = 0
+    first_file_with_invalid_utf8: str = ""
+    current_source: str = dataclasses.field(default="", repr=False)   # set by the readers
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d.pop("current_source")
+        return d
+
+    def invalid_utf8_warning(self) -> str:
+        """One line for the user when bytes had to be replaced, else ""."""
+        if not self.lines_with_invalid_utf8:
+            return ""
+        return (f"warning: {self.lines_with_invalid_utf8:,} line(s) of the input were not valid UTF-8; their bad "
+                f"bytes were replaced by U+FFFD (first in {self.first_file_with_invalid_utf8}). Re-encode the "
+                "corpus as UTF-8 (e.g. iconv -f latin1 -t utf-8) if that was not intended.")
 
 
 def expand_input_patterns(patterns: str | Sequence[str], recursive_dirs: bool = True) -> list[str]:
@@ -117,6 +129,8 @@ def _decode(data: bytes, stats: SourceStats | None) -> str:
     except UnicodeDecodeError:
         if stats is not None:
             stats.lines_with_invalid_utf8 += 1
+            if not stats.first_file_with_invalid_utf8:
+                stats.first_file_with_invalid_utf8 = stats.current_source or "?"
         return data.decode("utf-8", errors="replace")
 
 
@@ -129,6 +143,7 @@ def read_line_documents(files: Sequence[str], stats: SourceStats | None = None) 
     stats = stats if stats is not None else SourceStats()
     for path in files:
         stats.files += 1
+        stats.current_source = path
         doc: list[str] = []
         had_lines = False
         with open(path, "rb") as f:
@@ -168,6 +183,7 @@ def read_raw_documents(files: Sequence[str], stats: SourceStats | None = None) -
     stats = stats if stats is not None else SourceStats()
     for path in files:
         stats.files += 1
+        stats.current_source = path
         with open(path, "rb") as f:
             data = f.read()
         sentences = _raw_document(data, stats)
@@ -191,7 +207,8 @@ def read_tfds_documents(name: str, split: str = "train", text_key: str = "text",
         keys = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
         raise ValueError(f"tfds dataset {name!r} has no feature {text_key!r} (features: {keys}); "
                          "set --tfds_text_key")
-    for example in tfds.as_numpy(ds):
+    for i, example in enumerate(tfds.as_numpy(ds)):
+        stats.current_source = f"tfds {name} {split} example {i}"
         value = example[text_key]
         data = value if isinstance(value, bytes) else str(value).encode("utf-8")
         sentences = _raw_document(data, stats)
