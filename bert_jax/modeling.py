@@ -560,6 +560,52 @@ def gather_positions(x_BxLxH, positions_BxP):
     return jnp.take_along_axis(x_BxLxH, positions_BxP[..., None].astype(jnp.int32), axis=1)
 
 
+class MissingParametersError(ValueError):
+    """Parameters (usually a checkpoint's) lack a head the model applies."""
+
+
+_HEAD_NAMES = {"cls": "the MLM + NSP pre-training heads", "classifier": "the classification head",
+               "qa_outputs": "the question-answering head", "bert": "the encoder"}
+
+
+def _require_params(module: nn.Module, *names: str, pooler: bool = False) -> None:
+    """One clear error, instead of flax's ScopeParamNotFoundError deep in the model, when the parameters
+    given to ``apply`` lack a head (e.g. an encoder-only HF checkpoint applied as BertForPreTraining)."""
+    if module.is_initializing():
+        return
+    have = module.variables.get("params", {})
+    missing = [n for n in names if n not in have]
+    if pooler and "bert" in have and "pooler" not in have["bert"]:
+        missing.append("bert/pooler")
+    if missing:
+        what = "; ".join(f"{n} ({_HEAD_NAMES.get(n, 'the pooler')})" for n in missing)
+        raise MissingParametersError(
+            f"{type(module).__name__}: the parameters lack {what}; they hold only {sorted(have)}. Add freshly "
+            f"initialised ones with bert_jax.modeling.add_missing_heads({type(module).__name__}(config), params, "
+            "rng) (continued pre-training from such a checkpoint: scripts/pretrain.py "
+            "--config.init_checkpoint=PATH does it for you), or apply BertModel to params['bert'] for the encoder "
+            "alone.")
+
+
+def add_missing_heads(model: nn.Module, params, rng=None):
+    """``params`` with every parameter ``model`` has and ``params`` lacks freshly initialised (e.g. the
+    pre-training heads of an encoder-only checkpoint, for continued pre-training); the ones present must
+    have the model's shapes. Returns a new tree; ``params`` is not changed."""
+    from bert_jax.convert.mapping import flatten
+
+    fresh = init_params(model, jax.random.PRNGKey(0) if rng is None else rng)
+    given, flat_fresh = flatten(params), flatten(fresh)
+    wrong = [f"{'/'.join(k)}: {tuple(v.shape)} vs model {tuple(flat_fresh[k].shape)}"
+             for k, v in given.items() if k in flat_fresh and tuple(v.shape) != tuple(flat_fresh[k].shape)]
+    if wrong:
+        raise ValueError("parameters do not fit the model:\n  " + "\n  ".join(wrong))
+
+    def pick(path, x):
+        key = tuple(getattr(k, "key", str(k)) for k in path)
+        return jnp.asarray(given[key], x.dtype) if key in given else x
+    return jax.tree_util.tree_map_with_path(pick, fresh)
+
+
 class BertPreTrainingHeads(nn.Module):
     """MLM head (transform + LayerNorm + decoder tied to the word embeddings + bias) and NSP head."""
     config: BertConfig
@@ -593,6 +639,7 @@ class BertForPreTraining(nn.Module):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  masked_positions=None, deterministic: bool = True) -> PreTrainingOutput:
+        _require_params(self, "bert", "cls", pooler=True)
         bert = BertModel(self.config, name="bert")
         enc = bert(input_ids, attention_mask, token_type_ids, position_ids, deterministic)
         seq = enc.sequence_output
@@ -614,6 +661,7 @@ class BertForSequenceClassification(nn.Module):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True):
+        _require_params(self, "bert", "classifier", pooler=True)
         cfg = self.config
         enc = BertModel(cfg, name="bert")(input_ids, attention_mask, token_type_ids, position_ids,
                                           deterministic)
@@ -631,6 +679,7 @@ class BertForTokenClassification(nn.Module):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True):
+        _require_params(self, "bert", "classifier")
         cfg = self.config
         enc = BertModel(cfg, add_pooling_layer=False, name="bert")(
             input_ids, attention_mask, token_type_ids, position_ids, deterministic)
@@ -645,6 +694,7 @@ class BertForQuestionAnswering(nn.Module):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True) -> QuestionAnsweringOutput:
+        _require_params(self, "bert", "qa_outputs")
         cfg = self.config
         enc = BertModel(cfg, add_pooling_layer=False, name="bert")(
             input_ids, attention_mask, token_type_ids, position_ids, deterministic)
