@@ -113,6 +113,7 @@ class BertConfig:
     # Not architecture: how to compute. Kept out of the exported JSON files.
     dtype: str = "float32"
     remat: bool = False
+    attention_impl: str = "xla"   # or "splash": the Pallas TPU kernel (bert_jax/ops/splash_attention.py)
 
     def __post_init__(self):
         problems = []
@@ -129,6 +130,8 @@ class BertConfig:
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name}={getattr(self, name)!r} must be in [0, 1)")
+        if self.attention_impl not in ("xla", "splash"):
+            problems.append(f"attention_impl={self.attention_impl!r} must be 'xla' or 'splash'")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             problems.append(f"dtype={self.dtype!r} must be float32, bfloat16 or float16")
         if problems:
@@ -479,7 +482,13 @@ class BertSelfAttention(nn.Module):
         qkv = _dense(cfg, (3, cfg.num_attention_heads, cfg.head_dim),
                      ("embed", None, "heads", "kv"), "qkv")(x_BxLxH)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, N, D]
-        if not deterministic and cfg.attention_probs_dropout_prob > 0:
+        if cfg.attention_impl == "splash":   # padding forms its own segment (bert_jax/ops/splash_attention.py)
+            if not deterministic and cfg.attention_probs_dropout_prob > 0:
+                raise ValueError("attention_impl='splash' has no dropout on the attention probabilities: set "
+                                 "attention_probs_dropout_prob=0 (--config.model.attention_probs_dropout_prob=0.0)")
+            from bert_jax.ops import splash_attention
+            ctx = splash_attention.attention(q, k, v, (bias_Bx1x1xL[:, 0, 0, :] == 0).astype(jnp.int32))
+        elif not deterministic and cfg.attention_probs_dropout_prob > 0:
             q = q / jnp.sqrt(cfg.head_dim).astype(q.dtype)
             scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
             probs = jax.nn.softmax(scores + bias_Bx1x1xL, axis=-1)

@@ -45,7 +45,9 @@ def get_config(arg=None):
             ("hidden_size", int), ("num_hidden_layers", int), ("num_attention_heads", int),
             ("intermediate_size", int), ("hidden_act", str), ("hidden_dropout_prob", float),
             ("attention_probs_dropout_prob", float), ("max_position_embeddings", int),
-            ("type_vocab_size", int), ("initializer_range", float), ("layer_norm_eps", float))})
+            ("type_vocab_size", int), ("initializer_range", float), ("layer_norm_eps", float),
+            # "splash": the Pallas TPU attention kernel (needs attention_probs_dropout_prob=0.0)
+            ("attention_impl", str))})
     c.dtype = "float32"                 # compute dtype; "bfloat16" on TPU/GPU (params stay fp32)
     c.remat = False                     # jax.checkpoint each layer (large batches / long sequences)
 

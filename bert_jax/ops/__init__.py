@@ -1,0 +1,1 @@
+"""Performance kernels, each beside its reference test (tests/test_<name>.py)."""
