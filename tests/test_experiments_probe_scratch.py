@@ -365,3 +365,57 @@ def test_pretrained_vs_scratch_bad_input(rt_files, tiny_ckpt, tmp_path, field, v
     with pytest.raises(ValueError, match=message):
         pvs.train_and_evaluate(config, str(tmp_path / "bad"))
     assert not os.path.exists(tmp_path / "bad")  # refused before anything is written
+
+
+# ============================================================== the main job's recipe: budgets, lr grid, probe
+def test_select_learning_rates_uses_dev_median_only():
+    from experiments.pretrained_vs_scratch import main as pvs
+
+    def run(init, lr, seed, dev, test):
+        return {"init": init, "fraction": 0.1, "seed": seed, "learning_rate": lr,
+                "dev_metrics": {"accuracy": dev}, "test_metrics": {"accuracy": test}}
+    runs = [run("pretrained", 1e-4, s, d, t) for s, d, t in ((0, 0.70, 0.99), (1, 0.60, 0.99), (2, 0.61, 0.99))]
+    runs += [run("pretrained", 3e-4, s, d, t) for s, d, t in ((0, 0.65, 0.10), (1, 0.64, 0.10), (2, 0.50, 0.10))]
+    runs += [run("scratch", lr, 0, 0.55, 0.5) for lr in (1e-4, 3e-4)]   # a tie goes to the smaller lr
+    sel = pvs.select_learning_rates(runs, "accuracy")
+    assert sel[("pretrained", 0.1)] == (3e-4, {1e-4: 0.61, 3e-4: 0.64})   # medians; test never looked at
+    assert sel[("scratch", 0.1)][0] == 1e-4
+
+
+def test_budgets_and_repeats(rt_files, tiny_ckpt):
+    from experiments.pretrained_vs_scratch import main as pvs
+
+    config = _pvs_config(rt_files, tiny_ckpt, train_examples="60,24", min_train_steps=8, max_evals=2)
+    assert pvs.budgets(config, 240) == [0.1, 0.25]
+    # 24 examples at batch 16: 2 steps a pass, 8 steps = 4 passes > max_evals=2 -> the subset twice per epoch
+    assert pvs.repeats_for(config, 24) == 2
+    assert pvs.epochs_for(config, 24, 2) * 3 >= 8        # 3 steps per epoch of 48 examples, >= 8 steps
+    assert pvs.repeats_for(config, 60) == 1               # 4 steps a pass, 2 passes <= max_evals
+    for bad, message in (("0,10", "not in 1..240"), ("10,10", "twice"), ("300", "not in 1..240")):
+        config.train_examples = bad
+        with pytest.raises(ValueError, match=message):
+            pvs.budgets(config, 240)
+
+
+def test_pretrained_vs_scratch_lr_grid_and_probe(rt_files, tiny_ckpt, tmp_path):
+    from experiments.pretrained_vs_scratch import main as pvs
+
+    config = _pvs_config(rt_files, tiny_ckpt, train_examples="24,60", seeds="0", learning_rates="1e-3,1e-2",
+                         min_train_steps=8, max_evals=2, probe=True, probe_c_grid="0.1,1")
+    result = pvs.train_and_evaluate(config, str(tmp_path / "grid"))
+    assert result["complete"] and len(result["runs"]) == 2 * 2 * 2
+    for row in result["summary"]:
+        rs = [r for r in result["runs"] if (r["init"], r["fraction"]) == (row["init"], row["fraction"])]
+        medians = {r["learning_rate"]: r["dev_metrics"]["accuracy"] for r in rs}
+        assert row["learning_rate"] == max(sorted(medians), key=lambda lr: medians[lr])
+        chosen = [r for r in rs if r["learning_rate"] == row["learning_rate"]]
+        assert row["test"]["values"] == [r["test_metrics"]["accuracy"] for r in chosen]
+    small = [r for r in result["runs"] if r["train_examples"] == 24]
+    assert all(r["repeats_per_epoch"] == 2 and len(r["history"]) <= 2 and r["steps"] >= 8 for r in small)
+    # The probe: one row per init x budget, C from the grid, accuracies from the real features.
+    assert sorted((r["init"], r["train_examples"]) for r in result["probe_summary"]) == [
+        ("pretrained", 24), ("pretrained", 60), ("scratch", 24), ("scratch", 60)]
+    assert all(r["c"] in (0.1, 1.0) and 0 <= r["test_metrics"]["accuracy"] <= 1 for r in result["probe_runs"])
+    assert set(result["majority_baseline"]) == {"dev", "test"}
+    table = open(tmp_path / "grid" / "table.md", encoding="utf-8").read()
+    assert "linear probe (mean features)" in table

@@ -42,7 +42,7 @@ __all__ = [
     "load_examples", "load_glue", "load_local", "read_table", "encode_examples",
     "write_glue_submission", "glue_submission_filename",
     "ROTTEN_TOMATOES_SPLITS", "rotten_tomatoes_split", "find_rotten_tomatoes", "load_rotten_tomatoes",
-    "prepare_rotten_tomatoes",
+    "prepare_rotten_tomatoes", "rotten_tomatoes_corpus", "write_rotten_tomatoes_corpus", "load_task",
 ]
 
 UNLABELLED = -1
@@ -509,6 +509,41 @@ def load_rotten_tomatoes(path: str | None = None) -> dict[str, list[dict]]:
     return out
 
 
+def rotten_tomatoes_corpus(source: str | None = None, split: str = "train") -> list[list[str]]:
+    """Unlabelled in-domain text for pre-training: one document per movie of ``split`` (train: never a
+    dev/test movie), its plot summary's sentences and then its review snippets, one per line, labels
+    dropped. NSP pairs then come from one movie's plot and reviews."""
+    from bert_jax.data import text as text_lib
+
+    path = os.fspath(source) if source else find_rotten_tomatoes()
+    # A snippet repeated under several movies is held out if any labelled split other than ``split`` has it.
+    held_out = {r["text"] for name, rs in load_rotten_tomatoes(path).items() if name != split for r in rs}
+    columns, rows = read_table(path)
+    _check_columns(path, columns, ["category", "text", "movie_name"], "Rotten Tomatoes")
+    plots, reviews, order = {}, {}, []
+    for _, row in rows:
+        movie, t = row["movie_name"].strip(), row["text"].strip()
+        if not t or rotten_tomatoes_split(movie) != split or t in held_out:
+            continue
+        if movie not in plots and movie not in reviews:
+            order.append(movie)
+        if row["category"].strip() == "plot":
+            plots.setdefault(movie, []).extend(text_lib.split_sentences(t))
+        else:
+            reviews.setdefault(movie, []).append(t)
+    docs = [plots.get(m, []) + reviews.get(m, []) for m in order]
+    return [d for d in docs if d]
+
+
+def write_rotten_tomatoes_corpus(path: str, source: str | None = None, split: str = "train") -> dict:
+    """`rotten_tomatoes_corpus` of ``split``'s movies as a pre-training text file (one sentence per line, a
+    blank line between documents); returns counts."""
+    docs = rotten_tomatoes_corpus(source, split)
+    body = "\n\n".join("\n".join(" ".join(s.split()) for s in d) for d in docs) + "\n"
+    fileio.atomic_write(path, body)
+    return {"documents": len(docs), "lines": sum(len(d) for d in docs), "words": len(body.split())}
+
+
 def prepare_rotten_tomatoes(out_dir: str, source: str | None = None) -> dict[str, str]:
     """Writes ``train.csv``, ``dev.csv`` and ``test.csv`` (columns ``text,label``) of
     :func:`load_rotten_tomatoes` into ``out_dir`` and returns ``{split: path}``."""
@@ -522,3 +557,36 @@ def prepare_rotten_tomatoes(out_dir: str, source: str | None = None) -> dict[str
         paths[split] = os.path.join(out_dir, f"{split}.csv")
         fileio.atomic_write(paths[split], buf.getvalue())
     return paths
+
+
+# -------------------------------------------------------------------------------- experiments' task loading
+def load_task(config, workdir: str):
+    """(spec, {"train": examples, "dev": examples, ["test": examples], ...}) for a config with the
+    experiments' task fields: ``task`` (csv | rotten_tomatoes | a GLUE name), ``train_file``, ``eval_file``,
+    ``test_file``, ``text_fields``, ``label_field``, ``regression``, ``data_dir``. Rotten Tomatoes' CSVs are
+    written under ``workdir/data``."""
+    if config.task == "csv":
+        if not config.train_file or not config.eval_file:
+            raise ValueError("task=csv needs --config.train_file and --config.eval_file")
+        spec = local_task_spec(config.train_file, config.text_fields, config.label_field,
+                               regression=config.regression)
+        splits = {"train": load_local(config.train_file, spec), "dev": load_local(config.eval_file, spec)}
+        if config.test_file:  # scored when it has the label column, else only predicted
+            columns, _ = read_table(config.test_file)
+            splits["test"] = load_local(config.test_file, spec, labelled=config.label_field in columns)
+        return spec, splits
+    if config.task == "rotten_tomatoes":
+        out_dir = os.path.join(workdir, "data")
+        files = prepare_rotten_tomatoes(out_dir)
+        spec = local_task_spec(files["train"], "text", "label")
+        return spec, {name: load_local(files[name], spec) for name in ("train", "dev", "test")}
+    spec = get_task(config.task)
+    data_dir = config.data_dir or None
+    splits = {"dev": load_glue(spec, spec.eval_splits[0], data_dir=data_dir)}
+    if spec.train_split:
+        splits["train"] = load_glue(spec, spec.train_split, data_dir=data_dir)
+    for extra in spec.eval_splits[1:]:
+        splits[f"dev_{extra}"] = load_glue(spec, extra, data_dir=data_dir)
+    for test in spec.test_splits:
+        splits[f"test:{test}"] = load_glue(spec, test, data_dir=data_dir)
+    return spec, splits

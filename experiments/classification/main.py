@@ -16,37 +16,6 @@ cli.define_flags("experiments/classification/config.py:task=...",
                  "Output directory (results.json, TensorBoard, predictions).")
 
 
-def load_task(config, workdir: str):
-    """(spec, {"train": examples, "dev": examples, ["test": examples]}) for the configured task."""
-    from bert_jax.tasks import classification as cls
-
-    if config.task == "csv":
-        if not config.train_file or not config.eval_file:
-            raise ValueError("task=csv needs --config.train_file and --config.eval_file")
-        spec = cls.local_task_spec(config.train_file, config.text_fields, config.label_field,
-                                   regression=config.regression)
-        splits = {"train": cls.load_local(config.train_file, spec), "dev": cls.load_local(config.eval_file, spec)}
-        if config.test_file:  # scored when it has the label column, else only predicted
-            columns, _ = cls.read_table(config.test_file)
-            splits["test"] = cls.load_local(config.test_file, spec, labelled=config.label_field in columns)
-        return spec, splits
-    if config.task == "rotten_tomatoes":
-        out_dir = os.path.join(workdir, "data")
-        files = cls.prepare_rotten_tomatoes(out_dir)
-        spec = cls.local_task_spec(files["train"], "text", "label")
-        return spec, {name: cls.load_local(files[name], spec) for name in ("train", "dev", "test")}
-    spec = cls.get_task(config.task)
-    data_dir = config.data_dir or None
-    splits = {"dev": cls.load_glue(spec, spec.eval_splits[0], data_dir=data_dir)}
-    if spec.train_split:
-        splits["train"] = cls.load_glue(spec, spec.train_split, data_dir=data_dir)
-    for extra in spec.eval_splits[1:]:
-        splits[f"dev_{extra}"] = cls.load_glue(spec, extra, data_dir=data_dir)
-    for test in spec.test_splits:
-        splits[f"test:{test}"] = cls.load_glue(spec, test, data_dir=data_dir)
-    return spec, splits
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
     import numpy as np
 
@@ -54,7 +23,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     from bert_jax.training import finetune
 
     os.makedirs(workdir, exist_ok=True)
-    spec, splits = load_task(config, workdir)
+    spec, splits = cls.load_task(config, workdir)
     if "train" not in splits:
         raise ValueError(f"task {spec.name} has no training split (AX is scored with an MNLI model)")
     model_config, pretrained, tokenizer = finetune.load_model_and_tokenizer(config)

@@ -18,100 +18,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from absl import flags  # noqa: E402
 
-# experiments/classification/main.py defines the shared --config and --workdir flags when imported (a
-# second definition would clash in one process); this experiment reuses them and its data loading.
 from bert_jax import cli  # noqa: E402
-from experiments.classification import main as classification  # noqa: E402
+from bert_jax import probe as probe_lib  # noqa: E402
 
+cli.define_flags("experiments/linear_probe/config.py:task=...", "Output directory (results.json, predictions).")
 FLAGS = flags.FLAGS
-FEATURES = ("pooled", "mean")
-
-
-def make_feature_fn(model_config, features: str):
-    """A jitted ``(encoder params, batch) -> [B, H]`` features function."""
-    import jax
-    import jax.numpy as jnp
-
-    from bert_jax import modeling
-
-    if features not in FEATURES:
-        raise ValueError(f"features={features!r}: choose one of {FEATURES}")
-    model = modeling.BertModel(model_config, add_pooling_layer=features == "pooled")
-
-    def fn(params, batch):
-        out = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
-                          token_type_ids=batch["token_type_ids"], deterministic=True)
-        if features == "pooled":
-            return out.pooled_output.astype(jnp.float32)
-        mask_BxLx1 = batch["attention_mask"][..., None].astype(jnp.float32)
-        summed_BxH = jnp.sum(out.sequence_output.astype(jnp.float32) * mask_BxLx1, axis=1)
-        return summed_BxH / jnp.maximum(jnp.sum(mask_BxLx1, axis=1), 1.0)
-    return jax.jit(fn)
-
-
-def encoder_params(config, model_config, pretrained):
-    """The encoder's parameters: the checkpoint's ``params["bert"]``, or a random init (``seed``)."""
-    import jax
-
-    from bert_jax import modeling
-
-    if pretrained is None:
-        model = modeling.BertModel(model_config, add_pooling_layer=True)
-        return jax.device_get(modeling.init_params(model, jax.random.PRNGKey(int(config.seed))))
-    if "bert" not in pretrained:
-        raise ValueError(f"{config.init_checkpoint}: checkpoint has no encoder at params['bert']")
-    params = dict(pretrained["bert"])
-    if config.features == "pooled" and "pooler" not in params:
-        raise ValueError(f"{config.init_checkpoint}: checkpoint has no pooler weights, so features=pooled would "
-                         "use a random pooler; use features=mean")
-    if config.features == "mean":
-        params.pop("pooler", None)
-    return params
-
-
-def extract_features(feature_fn, params, arrays, batch_size: int, length_bucket: int = 16):
-    """``[N, H]`` float32 features of the encoded ``arrays``. Examples go through in order of length, each
-    batch cut to its longest example rounded up to ``length_bucket`` tokens (0: no cut) and padded to
-    ``batch_size`` rows, so a few shapes compile and short texts cost little. Cutting trailing padding
-    changes nothing: padded positions are masked out of attention and of the mean."""
-    import math
-
-    import jax
-    import numpy as np
-
-    from bert_jax.training import finetune, parallel
-
-    mesh = parallel.make_mesh((-1, 1, 1))
-    params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    batch_size += (-batch_size) % jax.device_count()
-    inputs = {k: np.asarray(arrays[k]) for k in finetune.INPUT_KEYS}
-    n, max_len = inputs["input_ids"].shape
-    lengths = inputs["attention_mask"].sum(axis=1)
-    order = np.argsort(lengths, kind="stable")
-    out = None
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        cut = max_len
-        if length_bucket:
-            cut = min(max_len, max(1, math.ceil(int(lengths[idx].max()) / length_bucket)) * length_bucket)
-        batch = {}
-        for k, x in inputs.items():
-            x = x[idx, :cut]
-            batch[k] = np.concatenate([x, np.zeros((batch_size - len(idx), cut), x.dtype)])
-        feats = np.asarray(jax.device_get(feature_fn(params, parallel.global_batch_from_host(batch, mesh))))
-        if out is None:
-            out = np.zeros((n, feats.shape[-1]), np.float32)
-        out[idx] = feats[:len(idx)]
-    return out if out is not None else np.zeros((0, 0), np.float32)
-
-
-def make_probe(c: float, standardize: bool, max_iter: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = LogisticRegression(C=c, max_iter=max_iter)
-    return make_pipeline(StandardScaler(), clf) if standardize else clf
+FEATURES = probe_lib.FEATURES
+make_feature_fn, encoder_params, extract_features, make_probe = (
+    probe_lib.make_feature_fn, probe_lib.encoder_params, probe_lib.extract_features, probe_lib.make_probe)
 
 
 def _write_predictions(path, idx, labels, preds):
@@ -169,7 +83,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if not 0.0 < config.train_fraction <= 1.0:
         raise ValueError(f"train_fraction={config.train_fraction}: must be in (0, 1]")
     os.makedirs(workdir, exist_ok=True)
-    spec, splits = classification.load_task(config, workdir)  # a labelled test_file is scored
+    from bert_jax.tasks import classification as cls_tasks
+    spec, splits = cls_tasks.load_task(config, workdir)  # a labelled test_file is scored
     if "train" not in splits:
         raise ValueError(f"task {spec.name} has no training split to fit the probe on")
     if spec.is_regression:
@@ -237,6 +152,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             result[key] = spec.metrics(labels[name], preds)
 
     if config.compare_finetune:
+        from experiments.classification import main as classification  # the same experiment, beside the probe
         ft = classification.train_and_evaluate(finetune_config(config), os.path.join(workdir, "finetune"))
         main = spec.main_metric
         result["finetune"] = {k: ft[k] for k in ("metrics", "spread", "seeds", "best_learning_rate", "steps",

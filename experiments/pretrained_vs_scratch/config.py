@@ -19,7 +19,7 @@ from bert_jax.configs.pretrain import parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, task="rotten_tomatoes")
+    arg = parse_arg(arg, task="rotten_tomatoes", recipe="")
     c = ml_collections.ConfigDict()
     c.task = arg.task                  # rotten_tomatoes | csv | a GLUE classification task
     c.train_file = ""                  # task=csv: as experiments/classification
@@ -41,6 +41,7 @@ def get_config(arg=None):
     # experiments/classification's train_fraction/data_seed do), so each seed sees a different subset,
     # and both inits see the same one.
     c.fractions = "0.01,0.05,0.2,1.0"
+    c.train_examples = ""              # label budgets as counts (e.g. "100,300,1000"); overrides fractions
     c.seeds = "0,1,2"
     c.inits = "pretrained,scratch"
 
@@ -51,10 +52,39 @@ def get_config(arg=None):
     c.num_epochs = 3.0
     c.min_train_steps = 0              # small fractions: raise the epochs until at least this many steps
     c.learning_rate = 5e-5
+    c.learning_rates = ""              # a grid (e.g. "3e-5,1e-4,3e-4"): for each init x budget, the lr with the
+                                       # best median dev metric over seeds is the one reported (never test)
+    c.max_evals = 0                    # >0: at most this many dev evaluations per run -- a small subset is
+                                       # repeated within an epoch instead of evaluating after every pass
     c.warmup_proportion = 0.1
     c.weight_decay = 0.01
     c.early_stopping_patience = 0
     c.mesh_shape = (-1, 1, 1)
     c.compilation_cache = True         # main.py: cache compiled steps in workdir/jax_cache (runs share them)
+    c.probe = False                    # also frozen features + LogisticRegression at every budget x seed
+    c.probe_features = "mean"          # "mean" (masked mean of the last layer) or "pooled"
+    c.probe_c_grid = "0.01,0.1,1,10"   # C picked on dev
     c.metric = ""                      # plotted/tabled metric; "" = the task's main metric (accuracy)
+    if arg.recipe == "main_job":
+        main_job_recipe(c)
+    elif arg.recipe:
+        raise ValueError(f"recipe={arg.recipe!r}: the only recipe is main_job")
     return c
+
+
+def main_job_recipe(c):
+    """scripts/main_job.sh's fine-tuning grid (chosen on dev; see README.md here): three label budgets of
+    at most 1,000 reviews, 3 seeds, both arms with the same lr grid, the best lr per arm x budget picked by
+    median dev accuracy; small budgets get enough updates (min_train_steps) without evaluating the dev
+    set after every tiny epoch (max_evals); the linear probe beside."""
+    c.train_examples = "100,300,1000"
+    c.seeds = "0,1,2"
+    c.max_seq_length = 64
+    c.global_batch_size = 16
+    c.eval_batch_size = 256
+    c.num_epochs = 3.0
+    c.min_train_steps = 150
+    c.max_evals = 3
+    c.learning_rate = 1e-4
+    c.learning_rates = ""
+    c.probe = True

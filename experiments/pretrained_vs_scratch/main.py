@@ -23,18 +23,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from absl import flags  # noqa: E402
 
-# experiments/classification/main.py defines the shared --config and --workdir flags when imported (a
-# second definition would clash in one process); this experiment reuses them and its data loading.
 from bert_jax import cli, fileio  # noqa: E402
-from experiments.classification import main as classification  # noqa: E402
 
+cli.define_flags("experiments/pretrained_vs_scratch/config.py:task=...",
+                 "Output directory (results.json, table.md, accuracy_vs_examples.png).")
 FLAGS = flags.FLAGS
 INITS = ("pretrained", "scratch")
 # Settings that change a run's result; a run in an existing results.json is reused only when they match.
 RUN_KEYS = ("task", "train_file", "eval_file", "test_file", "text_fields", "label_field", "data_dir",
             "init_checkpoint", "tokenizer", "hidden_dropout_prob", "max_seq_length", "global_batch_size",
             "num_epochs", "min_train_steps", "learning_rate", "warmup_proportion", "weight_decay",
-            "early_stopping_patience", "mesh_shape")
+            "early_stopping_patience", "mesh_shape", "max_evals")
 
 
 def parse_grid(config):
@@ -74,11 +73,12 @@ def subset_indices(n_train: int, fraction: float, seed: int):
     return np.random.default_rng(seed).permutation(n_train)[:n]
 
 
-def epochs_for(config, n_examples: int) -> float:
-    """``num_epochs``, raised so that the run takes at least ``min_train_steps`` steps."""
+def epochs_for(config, n_examples: int, repeats: int = 1) -> float:
+    """``num_epochs``, raised so that the run takes at least ``min_train_steps`` steps; with ``repeats``, in
+    epochs of the subset repeated that many times."""
     import math
-    steps_per_epoch = math.ceil(n_examples / int(config.global_batch_size))
-    epochs = float(config.num_epochs)
+    steps_per_epoch = math.ceil(n_examples * repeats / int(config.global_batch_size))
+    epochs = float(config.num_epochs) / repeats
     if config.min_train_steps and epochs * steps_per_epoch < int(config.min_train_steps):
         epochs = int(config.min_train_steps) / steps_per_epoch
     return epochs
@@ -137,7 +137,7 @@ def markdown_table(summary, metric: str, task: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary, metric: str, task: str, path: str) -> None:
+def plot(summary, metric: str, task: str, path: str, probe_summary=None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -145,15 +145,19 @@ def plot(summary, metric: str, task: str, path: str) -> None:
     splits = ["dev"] + (["test"] if any("test" in r for r in summary) else [])
     fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4.2), squeeze=False)
     for ax, split in zip(axes[0], splits):
-        for init, style in zip(INITS, ("o-", "s--")):
-            rows = sorted((r for r in summary if r["init"] == init and split in r), key=lambda r: r["fraction"])
+        curves = [(summary, init, style, f"{init}, fine-tuned") for init, style in zip(INITS, ("o-", "s-"))]
+        curves += [(probe_summary or [], init, style, f"{init}, linear probe")
+                   for init, style in zip(INITS, ("o:", "s:"))]
+        for rows_all, init, style, name in curves:
+            rows = sorted((r for r in rows_all if r["init"] == init and split in r), key=lambda r: r["fraction"])
             if not rows:
                 continue
-            ax.errorbar([r["train_examples"] for r in rows], [r[split]["mean"] for r in rows],
-                        yerr=[r[split]["std"] for r in rows], fmt=style, capsize=4, label=init)
+            ax.errorbar([r["train_examples"] for r in rows], [r[split]["median"] for r in rows],
+                        yerr=[r[split]["std"] for r in rows], fmt=style, capsize=4,
+                        label=name if probe_summary else init)
         ax.set_xscale("log")
         ax.set_xlabel("labelled training examples (log scale)")
-        ax.set_ylabel(f"{split} {metric}")
+        ax.set_ylabel(f"{split} {metric} (median over seeds, bars: std)")
         ax.set_title(f"{task}: {split}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
@@ -187,6 +191,63 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def budgets(config, n_train: int):
+    """The label budgets as fractions of the training set: ``train_examples`` (counts) when given, else
+    ``fractions``."""
+    from bert_jax.training.finetune import parse_list
+
+    if not config.get("train_examples"):
+        return parse_grid(config)[0]
+    try:
+        counts = parse_list(config.train_examples, int)
+    except ValueError as e:
+        raise ValueError(f"train_examples={config.train_examples!r}: {e}; give label budgets, e.g. 100,300,1000") from None
+    bad = [c for c in counts if not 0 < c <= n_train]
+    if bad:
+        raise ValueError(f"train_examples={config.train_examples!r}: {bad[0]} is not in 1..{n_train} (the training "
+                         "set's size)")
+    if len(set(counts)) != len(counts):
+        raise ValueError(f"train_examples={config.train_examples!r} lists a budget twice")
+    return sorted(c / n_train for c in counts)
+
+
+def learning_rates(config):
+    from bert_jax.training.finetune import parse_list
+
+    if not config.get("learning_rates"):
+        return [float(config.learning_rate)]
+    try:
+        lrs = parse_list(config.learning_rates, float)
+    except ValueError as e:
+        raise ValueError(f"learning_rates={config.learning_rates!r}: {e}; e.g. 3e-5,1e-4,3e-4") from None
+    if any(not lr > 0 for lr in lrs) or len(set(lrs)) != len(lrs):
+        raise ValueError(f"learning_rates={config.learning_rates!r}: give distinct positive values")
+    return lrs
+
+
+def repeats_for(config, n_examples: int) -> int:
+    """How often a small subset is repeated within one epoch so that a run makes at most ``max_evals`` dev
+    evaluations (one per epoch) however many passes ``min_train_steps`` asks for; 1 = no repetition."""
+    import math
+    if not config.get("max_evals"):
+        return 1
+    passes = epochs_for(config, n_examples)
+    return max(1, math.ceil(passes / int(config.max_evals)))
+
+
+def select_learning_rates(runs, metric: str):
+    """{(init, fraction): (lr, {lr: median dev metric})}: per init x budget, the learning rate with the best
+    median dev metric over seeds (ties: the smaller lr). Dev only -- test never takes part."""
+    import numpy as np
+    out = {}
+    for key in sorted({(r["init"], r["fraction"]) for r in runs}):
+        rs = [r for r in runs if (r["init"], r["fraction"]) == key]
+        medians = {lr: float(np.median([r["dev_metrics"][metric] for r in rs if r["learning_rate"] == lr]))
+                   for lr in sorted({r["learning_rate"] for r in rs})}
+        out[key] = (max(medians, key=lambda lr: (medians[lr], -lr)), medians)
+    return out
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     import time
 
@@ -196,7 +257,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     from bert_jax.tasks import classification as cls
     from bert_jax.training import finetune
 
-    fractions, seeds, inits = parse_grid(config)
+    _, seeds, inits = parse_grid(config)
+    lrs = learning_rates(config)
     if not config.init_checkpoint:
         raise ValueError("init_checkpoint is empty: the pretrained arm needs a load_pretrained path (the "
                          "scratch arm is a random init of its architecture)")
@@ -204,7 +266,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         raise ValueError("regression=True is not supported: this experiment compares classifiers")
     os.makedirs(workdir, exist_ok=True)
     previous = _previous_runs(workdir, config)
-    spec, splits = classification.load_task(config, workdir)  # a labelled test_file is scored
+    spec, splits = cls.load_task(config, workdir)  # a labelled test_file is scored
     if "train" not in splits:
         raise ValueError(f"task {spec.name} has no training split")
     if spec.is_regression:
@@ -218,65 +280,152 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if metric not in spec.metrics(encoded["dev"]["labels"], encoded["dev"]["labels"]):
         raise ValueError(f"metric={metric!r} is not one of the task's metrics")
     n_train = len(encoded["train"]["input_ids"])
+    fractions = budgets(config, n_train)
 
     def evaluate(labels):
         return lambda outputs: spec.metrics(labels, outputs.argmax(-1))
 
-    done = {(r["init"], r["fraction"], r["seed"]) for r in previous}
+    def key(r):
+        return (r["init"], r["fraction"], r["seed"], r.get("learning_rate", float(config.learning_rate)))
+    done = {key(r) for r in previous}
     runs = list(previous)  # kept whole, so an interruption never loses a finished run
-    total, t_start = len(fractions) * len(seeds) * len(inits), time.time()
+    for r in runs:
+        r.setdefault("learning_rate", float(config.learning_rate))
+    probe_runs = []
+    total, t_start = len(fractions) * len(seeds) * len(inits) * len(lrs), time.time()
 
     def save():
-        summary = summarize(runs, metric)
+        selected = select_learning_rates(runs, metric)
+        chosen = [r for r in runs if r["learning_rate"] == selected[(r["init"], r["fraction"])][0]]
+        summary = summarize(chosen, metric)
+        for row in summary:
+            lr, medians = selected[(row["init"], row["fraction"])]
+            row["learning_rate"] = lr
+            row["dev_median_by_learning_rate"] = {f"{k:g}": v for k, v in medians.items()}
         result = {"task": config.task, "metric": metric, "fractions": fractions, "seeds": seeds, "inits": inits,
-                  "complete": all((i, f, s) in {(r["init"], r["fraction"], r["seed"]) for r in runs}
-                                  for i in inits for f in fractions for s in seeds),
+                  "learning_rates": lrs,
+                  "complete": all((i, f, s, lr) in {key(r) for r in runs}
+                                  for i in inits for f in fractions for s in seeds for lr in lrs),
                   "summary": summary, "runs": runs, "init_checkpoint": config.init_checkpoint,
                   "model_config": model_config.to_hf_dict(), "config": config.to_dict(),
-                  "data_sizes": {k: int(len(v["input_ids"])) for k, v in encoded.items()}}
+                  "data_sizes": {k: int(len(v["input_ids"])) for k, v in encoded.items()},
+                  "majority_baseline": majority_baseline(encoded, spec, metric)}
+        if probe_runs:
+            result["probe_summary"] = summarize(probe_runs, metric)
+            result["probe_runs"] = probe_runs
         finetune.write_results(workdir, result)
-        _write_text(os.path.join(workdir, "table.md"), markdown_table(summary, metric, config.task))
-        plot(summary, metric, config.task, os.path.join(workdir, "accuracy_vs_examples.png"))
+        table = markdown_table(summary, metric, config.task)
+        if probe_runs:
+            table += "\n" + markdown_table(result["probe_summary"], metric,
+                                           f"{config.task}, linear probe ({config.probe_features} features)")
+        _write_text(os.path.join(workdir, "table.md"), table)
+        plot(summary, metric, config.task, os.path.join(workdir, "accuracy_vs_examples.png"),
+             result.get("probe_summary"))
         return result
 
     k = 0
     for fraction in fractions:
         for seed in seeds:
             idx = subset_indices(n_train, fraction, seed)
-            train = {name: np.asarray(a)[idx] for name, a in encoded["train"].items()}
+            reps = repeats_for(config, len(idx))
+            train = {name: np.tile(np.asarray(a)[idx], (reps,) + (1,) * (np.ndim(a) - 1))
+                     for name, a in encoded["train"].items()}
             for init in inits:
-                k += 1
-                if (init, fraction, seed) in done:
-                    continue
-                run_cfg = ml_collections.ConfigDict(config.to_dict())
-                run_cfg.seeds = str(seed)
-                run_cfg.learning_rates = ""
-                run_cfg.save_best_model = False
-                run_cfg.num_epochs = epochs_for(config, len(idx))
-                run_cfg.init_checkpoint = config.init_checkpoint if init == "pretrained" else ""
-                label = f"{init}_f{fraction:g}_s{seed}"
-                print(f"[{k}/{total}] {label}: {len(idx)} examples, {run_cfg.num_epochs:g} epochs "
-                      f"({time.time() - t_start:.0f}s elapsed)", flush=True)
-                res = finetune.run_protocol(
-                    run_cfg, os.path.join(workdir, "runs", label), model_config,
-                    pretrained if init == "pretrained" else None, "classification", spec.num_labels, train,
-                    encoded["dev"], evaluate(encoded["dev"]["labels"]), metric, task=label)
-                best = res.pop("_best")
-                run = {"init": init, "fraction": fraction, "seed": seed, "data_seed": seed,
-                       "train_examples": int(len(idx)), "epochs": float(run_cfg.num_epochs),
-                       "steps": res["steps"], "best_epoch": res["runs"][0]["best_epoch"],
-                       "seconds": res["runs"][0]["seconds"], "dev_metrics": res["metrics"],
-                       "history": res["runs"][0]["history"]}
-                if "test" in encoded:
-                    out = best["finetuner"].predict(best["params"], encoded["test"], int(config.eval_batch_size))
-                    run["test_metrics"] = spec.metrics(encoded["test"]["labels"], out.argmax(-1))
-                del best, res
-                runs.append(run)
-                save()
+                for lr in lrs:
+                    k += 1
+                    if (init, fraction, seed, lr) in done:
+                        continue
+                    run_cfg = ml_collections.ConfigDict(config.to_dict())
+                    run_cfg.seeds = str(seed)
+                    run_cfg.learning_rates = ""
+                    run_cfg.learning_rate = lr
+                    run_cfg.save_best_model = False
+                    run_cfg.num_epochs = epochs_for(config, len(idx), reps)
+                    run_cfg.init_checkpoint = config.init_checkpoint if init == "pretrained" else ""
+                    label = f"{init}_f{fraction:g}_s{seed}" + (f"_lr{lr:g}" if len(lrs) > 1 else "")
+                    print(f"[{k}/{total}] {label}: {len(idx)} examples" + (f" (x{reps} per epoch)" if reps > 1 else "")
+                          + f", {run_cfg.num_epochs:g} epochs, lr {lr:g} ({time.time() - t_start:.0f}s elapsed)",
+                          flush=True)
+                    res = finetune.run_protocol(
+                        run_cfg, os.path.join(workdir, "runs", label), model_config,
+                        pretrained if init == "pretrained" else None, "classification", spec.num_labels, train,
+                        encoded["dev"], evaluate(encoded["dev"]["labels"]), metric, task=label)
+                    best = res.pop("_best")
+                    run = {"init": init, "fraction": fraction, "seed": seed, "data_seed": seed,
+                           "learning_rate": lr, "train_examples": int(len(idx)), "repeats_per_epoch": reps,
+                           "epochs": float(run_cfg.num_epochs * reps),
+                           "steps": res["steps"], "best_epoch": res["runs"][0]["best_epoch"],
+                           "seconds": res["runs"][0]["seconds"], "dev_metrics": res["metrics"],
+                           "history": res["runs"][0]["history"]}
+                    if "test" in encoded:
+                        out = best["finetuner"].predict(best["params"], encoded["test"], int(config.eval_batch_size))
+                        run["test_metrics"] = spec.metrics(encoded["test"]["labels"], out.argmax(-1))
+                    del best, res
+                    runs.append(run)
+                    save()
+    if config.get("probe"):
+        probe_runs.extend(linear_probe_grid(config, model_config, pretrained, encoded, spec, metric, fractions,
+                                            seeds, inits))
     result = save()
     print(open(os.path.join(workdir, "table.md"), encoding="utf-8").read(), flush=True)
     print(f"-> {os.path.join(workdir, 'results.json')}, table.md, accuracy_vs_examples.png", flush=True)
     return result
+
+
+def majority_baseline(encoded, spec, metric: str) -> dict:
+    """The metric of always predicting the training set's most frequent label, on dev (and test)."""
+    import numpy as np
+    labels = np.asarray(encoded["train"]["labels"])
+    majority = int(np.bincount(labels[labels >= 0]).argmax())
+    return {split: float(spec.metrics(encoded[split]["labels"],
+                                      np.full(len(encoded[split]["labels"]), majority))[metric])
+            for split in ("dev", "test") if split in encoded}
+
+
+def linear_probe_grid(config, model_config, pretrained, encoded, spec, metric, fractions, seeds, inits):
+    """Frozen features + logistic regression (C picked on dev) at every budget x seed, for each init:
+    the pretrained encoder, and a random init of the same architecture (seed 0). Same subsets as the
+    fine-tuning runs. Features are the masked mean of the last layer (``probe_features``)."""
+    import time
+
+    import ml_collections
+    import numpy as np
+
+    from bert_jax import probe
+    from bert_jax.training import finetune
+
+    n_train = len(encoded["train"]["input_ids"])
+    subsets = {(f, s): subset_indices(n_train, f, s) for f in fractions for s in seeds}
+    needed = np.unique(np.concatenate(list(subsets.values())))
+    feature_fn = probe.make_feature_fn(model_config, config.probe_features)
+    c_grid = finetune.parse_list(config.probe_c_grid, float)
+    out = []
+    for init in inits:
+        t0 = time.time()
+        enc_cfg = ml_collections.ConfigDict(dict(seed=0, features=config.probe_features,
+                                                 init_checkpoint=config.init_checkpoint))
+        params = probe.encoder_params(enc_cfg, model_config, pretrained if init == "pretrained" else None)
+        bs = int(config.eval_batch_size)
+        train_feats = np.zeros((n_train, model_config.hidden_size), np.float32)
+        train_feats[needed] = probe.extract_features(
+            feature_fn, params, {k: np.asarray(v)[needed] for k, v in encoded["train"].items()}, bs)
+        feats = {split: probe.extract_features(feature_fn, params, encoded[split], bs)
+                 for split in ("dev", "test") if split in encoded}
+        print(f"[probe {init}] features of {len(needed) + sum(len(f) for f in feats.values())} texts in "
+              f"{time.time() - t0:.0f}s", flush=True)
+        labels = {split: np.asarray(encoded[split]["labels"]) for split in encoded}
+        for (fraction, seed), idx in subsets.items():
+            y = labels["train"][idx]
+            if len(np.unique(y)) < 2:
+                continue  # a one-class subset cannot fit a classifier
+            clf, c, _, by_c = probe.fit_best(train_feats[idx], y, feats["dev"], labels["dev"], c_grid,
+                                             lambda t, p: spec.metrics(t, p)[metric])
+            run = {"init": init, "fraction": fraction, "seed": seed, "data_seed": seed, "train_examples": len(idx),
+                   "c": c, "dev_metrics": spec.metrics(labels["dev"], clf.predict(feats["dev"]))}
+            if "test" in feats:
+                run["test_metrics"] = spec.metrics(labels["test"], clf.predict(feats["test"]))
+            out.append(run)
+    return out
 
 
 def enable_compilation_cache(directory: str) -> None:
