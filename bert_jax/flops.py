@@ -52,6 +52,34 @@ PEAK_BF16_FLOPS: Dict[str, float] = {
     "h200": 989e12,
 }
 
+# Memory per chip (bytes) and its bandwidth (bytes/s), from the same data sheets (Cloud TPU "system
+# architecture" pages; v2/v3 from Jouppi et al. 2020). Per chip: a v2/v3 jax device (a core) has half. The
+# GPU rows are the SXM parts (A100 80 GB). `bert_jax.aot` divides FLOPs and bytes by these for its roofline.
+HBM_BYTES: Dict[str, float] = {
+    "tpu-v2": 16 * 2**30,
+    "tpu-v3": 32 * 2**30,
+    "tpu-v4": 32 * 2**30,
+    "tpu-v5e": 16 * 2**30,
+    "tpu-v5p": 95 * 2**30,
+    "tpu-v6e": 32 * 2**30,
+    "a100": 80 * 2**30,
+    "h100": 80 * 2**30,
+    "h100-pcie": 80 * 2**30,
+    "h200": 141e9,
+}
+HBM_BANDWIDTH: Dict[str, float] = {
+    "tpu-v2": 700e9,
+    "tpu-v3": 900e9,
+    "tpu-v4": 1200e9,
+    "tpu-v5e": 819e9,
+    "tpu-v5p": 2765e9,
+    "tpu-v6e": 1640e9,
+    "a100": 2039e9,
+    "h100": 3350e9,
+    "h100-pcie": 2000e9,
+    "h200": 4800e9,
+}
+
 # jax `device_kind` (lower-cased) substrings -> PEAK_BF16_FLOPS key. Checked in order.
 _DEVICE_KIND_PATTERNS = (
     ("h100 pcie", "h100-pcie"),
@@ -263,6 +291,15 @@ def peak_flops_for_device_kind(device_kind: str) -> Optional[float]:
     for pattern, key in _DEVICE_KIND_PATTERNS:
         if pattern in kind:
             return PEAK_BF16_FLOPS[key]
+    return None
+
+
+def chip_for_device_kind(device_kind: str) -> Optional[str]:
+    """The table key ("tpu-v5e", "h100", ...) of a jax ``device_kind``; None when unknown."""
+    kind = device_kind.lower()
+    for pattern, key in _DEVICE_KIND_PATTERNS:
+        if pattern in kind:
+            return key
     return None
 
 
