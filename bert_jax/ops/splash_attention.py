@@ -63,13 +63,6 @@ def _splash_local(q, k, v, segment_ids, interpret: bool):
     return jnp.swapaxes(out, 1, 2).astype(v.dtype)
 
 
-def check_shapes(seq_len: int):
-    if seq_len % BLOCK:
-        raise ValueError(f"attention_impl='splash' needs a sequence length that is a multiple of {BLOCK} "
-                         f"(the kernel's block), got {seq_len}; pad to {-(-seq_len // BLOCK) * BLOCK} or use "
-                         "attention_impl='xla'")
-
-
 def _sharded(fn, q, k, v, segment_ids):
     """``fn`` under shard_map over the context mesh's batch (and head) axes; ``fn`` itself without one."""
     mesh = jax.sharding.get_abstract_mesh()
@@ -90,9 +83,11 @@ def _sharded(fn, q, k, v, segment_ids):
 
 def attention(q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, segment_ids_BxL, interpret=None):
     """Splash attention on TPU. ``interpret=None``: the kernel when compiled for TPU, the reference elsewhere;
-    ``True``: the kernel in Pallas' interpreter (any platform, slow); ``False``: the kernel (TPU only)."""
-    check_shapes(q_BxLxNxD.shape[1])
+    ``True``: the kernel in Pallas' interpreter (any platform, slow); ``False``: the kernel (TPU only). Lengths
+    that are not a multiple of 128 always take the reference."""
     args = (q_BxLxNxD, k_BxLxNxD, v_BxLxNxD, segment_ids_BxL)
+    if q_BxLxNxD.shape[1] % BLOCK:   # the kernel tiles 128 x 128 blocks (and models initialise on 8 tokens)
+        return reference_attention(*args)
     if interpret is not None:
         return _sharded(functools.partial(_splash_local, interpret=bool(interpret)), *args)
     return jax.lax.platform_dependent(
