@@ -228,6 +228,7 @@ def classification_step(config, topo: Topology, vocab_size: int, num_labels: int
     import jax
     import jax.numpy as jnp
     import ml_collections
+    import numpy as np
     from bert_jax import flops, modeling
     from bert_jax.training import finetune, loop, parallel
 
@@ -243,8 +244,12 @@ def classification_step(config, topo: Topology, vocab_size: int, num_labels: int
         learning_rate=float(config.learning_rate), num_train_steps=1000, warmup_steps=100,
         weight_decay=float(config.weight_decay), optimizer="adamw", adam_b1=0.9, adam_b2=0.999, adam_eps=1e-6,
         grad_clip_norm=float(config.grad_clip_norm)))
+    cache = getattr(finetune, "_COMPILED", {})     # Finetuners share jitted functions per mesh *shape*:
+    before = set(cache)                              # forget the ones built here over the TPU devices
     with _mesh_on(topo.devices):
         ft = finetune.Finetuner(model, "classification", opt_cfg, tuple(config.mesh_shape))
+    for key in set(cache) - before:
+        cache.pop(key)
     params = jax.eval_shape(lambda r: modeling.init_params(model, r), jax.random.PRNGKey(0))
     params = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=ft.replicated), params)
     opt_state = jax.eval_shape(ft.tx.init, params)
@@ -257,7 +262,13 @@ def classification_step(config, topo: Topology, vocab_size: int, num_labels: int
     step = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(ft.mesh, P()))
     model_flops = B * flops.train_flops(flops.encoder_flops_per_sequence(bert_config, L)
                                         + 2 * bert_config.hidden_size ** 2 + 2 * bert_config.hidden_size * num_labels)
-    return Step("classification", ft._train, (params, opt_state, batch, _rng_struct(ft.mesh), step), ft.mesh,
+    args = (params, opt_state, batch, _rng_struct(ft.mesh), step)
+    fn = ft._train
+    if hasattr(ft, "_train_fn"):   # the jitted step takes the schedule as data (finetune.schedule_values)
+        fn = ft._train_fn
+        args += (jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
+                                                                      sharding=ft.replicated), ft.sched),)
+    return Step("classification", fn, args, ft.mesh,
                 _bytes_per_device((params, opt_state)), B, L, None, model_flops, bert_config.attention_impl == "splash")
 
 
