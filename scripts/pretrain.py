@@ -4,8 +4,11 @@ r"""Pre-train BERT (MLM + NSP) on TFRecords from scripts/create_pretraining_data
       --config.train_files='data/pretrain/*.tfrecord' --config.eval_files='data/eval/*.tfrecord' \
       --config.tokenizer=vocab.txt --config.num_train_steps=2000 --config.global_batch_size=64
 
-Re-running the same command resumes from the workdir's newest checkpoint. Several hosts (outside a
-Cloud TPU VM, where nothing is needed): --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
+Re-running the same command resumes from the workdir's newest complete checkpoint (also after kill -9);
+a second run on a workdir that a live run holds is refused. Several hosts (outside a Cloud TPU VM, where
+nothing is needed): --coordinator_address=HOST:PORT --num_processes=N --process_id=I; every wait is
+bounded (--initialization_timeout, --heartbeat_timeout, --config.progress_timeout_s) and a run that
+cannot make progress names the missing process and exits non-zero.
 """
 
 import os
@@ -22,12 +25,18 @@ cli.define_flags("Config file, e.g. bert_jax/configs/pretrain.py:size=tiny",
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process runs off TPU VMs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+flags.DEFINE_integer("initialization_timeout", 300,
+                     "Seconds every process has to connect to the coordinator (multi-process runs).")
+flags.DEFINE_integer("heartbeat_timeout", 100,
+                     "Seconds without a heartbeat after which a process counts as dead and every process stops.")
 FLAGS = flags.FLAGS
 
 
 def _initialize():
     from bert_jax.training import parallel
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                    initialization_timeout=FLAGS.initialization_timeout,
+                                    heartbeat_timeout=FLAGS.heartbeat_timeout)
 
 
 def _train_and_evaluate(config, workdir):

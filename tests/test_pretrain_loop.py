@@ -234,3 +234,78 @@ def test_nan_loss_stops_with_a_clear_message(data, tmp_path):
                     eval_files="")
     with pytest.raises(FloatingPointError, match=r"loss is nan at step \d+ .*last good checkpoint"):
         loop.train_and_evaluate(c, str(tmp_path))
+
+
+def _events(workdir, tag):
+    """{step: [value, ...]} for ``tag`` over every event file under workdir (several runs log the same
+    step after a resume; a file cut short by kill -9 is read up to its last whole record)."""
+    import tensorflow as tf
+    out = {}
+    for f in sorted(glob.glob(os.path.join(workdir, "**", "events.out.tfevents.*"), recursive=True)):
+        try:
+            for e in tf.compat.v1.train.summary_iterator(f):
+                for v in e.summary.value:
+                    if v.tag == tag:
+                        val = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
+                        out.setdefault(e.step, []).append(val)
+        except tf.errors.DataLossError:
+            pass
+    return out
+
+
+def test_resume_between_log_steps_keeps_the_running_sums(data, tmp_path):
+    """Checkpoint at 3, log every 4: a run resumed from 3 logs at 4 the mean of steps 1-4 (the sums of
+    1-3 come from the checkpoint), bit-identical to an uninterrupted run -- not the mean of step 4 alone."""
+    kw = dict(num_train_steps=6, log_every_steps=4, checkpoint_every_steps=3, eval_files="")
+    loop.train_and_evaluate(tiny_config(data, **kw), str(tmp_path / "a"))
+    loop.train_and_evaluate(tiny_config(data, **kw), str(tmp_path / "b"))
+    import shutil
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "6")  # as if killed after saving step 3
+    for f in glob.glob(str(tmp_path / "b" / "**" / "events.out.tfevents.*"), recursive=True):
+        os.remove(f)
+    out = loop.train_and_evaluate(tiny_config(data, **kw), str(tmp_path / "b"))
+    assert out["step"] == 6
+    a, b = scalars(str(tmp_path / "a")), scalars(str(tmp_path / "b"))
+    for tag in ("train/loss", "train/mlm_loss", "train/nsp_loss", "train/mlm_accuracy"):
+        assert sorted(b[tag]) == [4, 6], (tag, b[tag])
+        assert [a[tag][4], a[tag][6]] == [b[tag][4], b[tag][6]], tag  # bit-identical
+
+
+_HOLD_LOCK = """
+import sys
+sys.path.insert(0, {repo!r})
+from bert_jax.training import workdir_lock
+lock = workdir_lock.WorkdirLock({workdir!r}).acquire()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_one_run_per_workdir(data, tmp_path, capsys):
+    """A live holder -> refused with one line naming host and pid; a dead holder's lock -> taken over."""
+    import socket as socket_lib
+    workdir = str(tmp_path / "w")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK.format(repo=REPO, workdir=workdir)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        c = tiny_config(data, num_train_steps=1, warmup_steps=0, eval_files="")
+        with pytest.raises(ValueError) as e:
+            loop.train_and_evaluate(c, workdir)
+        msg = str(e.value)
+        assert "\n" not in msg and f"is in use by another run (host {socket_lib.gethostname()}, pid {holder.pid}" in msg
+        assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # refused before touching the workdir
+        holder.kill()  # kill -9: the kernel drops the flock, the file still names the dead holder
+        holder.wait(timeout=60)
+        capsys.readouterr()
+        assert loop.train_and_evaluate(c, workdir)["step"] == 1
+        err = capsys.readouterr().err
+        assert f"taking over {os.path.join(workdir, 'run.lock')} from a run that is gone" in err
+        assert f"pid {holder.pid}" in err
+        # Released at the end: the same command runs again without a warning.
+        loop.train_and_evaluate(c, workdir)
+        assert "taking over" not in capsys.readouterr().err
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(timeout=60)

@@ -114,5 +114,7 @@ def get_config(arg=None):
     c.keep_checkpoints = 3
     c.max_steps_this_run = 0            # >0: save and exit after this many steps (job time limits);
                                         # the next run resumes where this one stopped
+    c.progress_timeout_s = 1800         # several processes: a step / eval / save that makes no progress
+                                        # for this long ends every process, naming the missing one
     c.peak_flops = 0.0                  # per device, for MFU; 0 = look up the chip, or skip on CPU
     return c

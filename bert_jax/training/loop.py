@@ -27,7 +27,7 @@ from flax import linen as nn
 
 from bert_jax import checkpoint as ckpt_lib
 from bert_jax import modeling
-from bert_jax.training import optim, parallel, step as step_lib
+from bert_jax.training import optim, parallel, step as step_lib, workdir_lock
 
 
 class TrainingError(ValueError):
@@ -216,19 +216,33 @@ class Trainer:
             return parallel.put_pmap_batch(host_batch)
         return parallel.global_batch_from_host(host_batch, self.mesh)
 
+    # Nothing here runs a computation: in a multi-process run every process must run the same
+    # computations in the same order, and these are called around Orbax's cross-process barriers.
     def savable(self, state):
+        """What `Checkpoints.save` takes: pmap -> this process's host copy (numpy; Orbax writes numpy
+        from process 0 and syncs the others); jit -> the global sharded arrays."""
         if self.mode == "pmap":
-            return jax.device_get(parallel.unreplicate(state))
+            return parallel.unreplicate(state)
         return state
 
     def from_saved(self, state):
         return parallel.replicate(state) if self.mode == "pmap" else state
 
-    def host_metrics(self, metrics):
-        metrics = jax.device_get(metrics)
+    def host_values(self, tree):
+        """Device metrics (psum-ed / replicated, so equal on every process) -> numpy, read locally."""
         if self.mode == "pmap":
-            metrics = jax.tree_util.tree_map(lambda x: x[0], metrics)
-        return {k: float(v) for k, v in metrics.items()}
+            return parallel.unreplicate(tree)
+        return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+    def host_metrics(self, metrics):
+        return {k: float(v) for k, v in self.host_values(metrics).items()}
+
+    def device_values(self, tree):
+        """numpy -> the layout the train step's metrics have (to continue a running sum after a restart)."""
+        if self.mode == "pmap":
+            return parallel.replicate(tree)
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x), replicated), tree)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +259,9 @@ class Checkpoints:
         self.dir = os.path.join(ckpt_lib.abspath(workdir), "checkpoints")
         self.manager = ocp.CheckpointManager(
             self.dir, item_names=("params", "train", "meta"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+            # cleanup_tmp_directories: a save cut short (kill -9) leaves a *.orbax-checkpoint-tmp*
+            # directory; it is never a restore candidate and is deleted when the next run starts.
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                  enable_async_checkpointing=async_save))
 
     def latest_step(self):
@@ -442,6 +458,35 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
 
     if not ckpt_lib.is_remote(workdir):
         os.makedirs(workdir, exist_ok=True)
+    timeout_s = float(config.get("progress_timeout_s", 1800))
+    lock = workdir_lock.acquire(workdir, is_remote=ckpt_lib.is_remote(workdir),
+                                process_index=jax.process_index(), process_count=jax.process_count(),
+                                kv_client=parallel.distributed_client(), timeout_s=timeout_s)
+    watchdog = parallel.ProgressWatchdog(timeout_s)
+    try:
+        return _train(config, workdir, tokenizer, bert_config, total_steps, phases, watchdog)
+    finally:
+        watchdog.close()
+        lock.release()
+
+
+def _sums_to_meta(trainer: Trainer, acc, acc_n: int) -> dict:
+    """The running sums of the train metrics since the last log step, for the checkpoint's meta, so a
+    resumed run logs the same averages as an uninterrupted one (float32 -> JSON double is exact)."""
+    if acc is None or not acc_n:
+        return {"n": 0, "sums": {}}
+    return {"n": int(acc_n), "sums": {k: [float(v), str(v.dtype)] for k, v in trainer.host_values(acc).items()}}
+
+
+def _sums_from_meta(trainer: Trainer, saved):
+    if not saved or not saved.get("n"):
+        return None, 0
+    host = {k: np.asarray(v, dtype=dt) for k, (v, dt) in saved["sums"].items()}
+    return trainer.device_values(host), int(saved["n"])
+
+
+def _train(config, workdir, tokenizer, bert_config, total_steps, phases, watchdog):
+    watchdog.beat(0, "writing the workdir's marker files")
     if jax.process_index() == 0:
         ckpt_lib.write_marker(workdir, bert_config, tokenizer=ckpt_lib.abspath(config.tokenizer))
         ckpt_lib.write_json_atomic(os.path.join(workdir, "train_config.json"), config.to_dict())
@@ -449,6 +494,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         if not ckpt_lib.is_remote(workdir) and not os.path.isdir(tokenizer_dir):
             tokenizer.save(tokenizer_dir)
 
+    watchdog.beat(0, "opening checkpoints")
     trainer = Trainer(config, bert_config, total_steps)
     checkpoints = Checkpoints(workdir, int(config.keep_checkpoints))
     writer = _writer(workdir)
@@ -456,16 +502,19 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     init_rng, train_rng = jax.random.split(rng)
 
     latest = checkpoints.latest_step()
-    data_state, start_step = None, 0
+    data_state, start_step, saved_sums = None, 0, None
     if latest is not None:
+        watchdog.beat(0, f"restoring checkpoint {latest}")
         params, opt_state, step_arr, meta = checkpoints.restore(latest, trainer.abstract_state())
         state = step_lib.TrainState(step=step_arr, params=params, opt_state=opt_state, tx=trainer.tx)
         state = trainer.from_saved(state)
         start_step = int(meta["step"])
         data_state = meta.get("data_state")
+        saved_sums = meta.get("train_sums")
         train_rng = jnp.asarray(np.asarray(meta["rng"], np.uint32))
         logging.info("Resumed from %s at step %d", checkpoints.dir, start_step)
-        print(f"Resuming from step {start_step} ({checkpoints.dir})", flush=True)
+        if jax.process_index() == 0:
+            print(f"Resuming from step {start_step} ({checkpoints.dir})", flush=True)
     else:
         pretrained, source = None, ""
         if config.init_checkpoint:
@@ -475,6 +524,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
             if init_cfg.vocab_size != bert_config.vocab_size:
                 raise TrainingError(f"init_checkpoint {source} has vocab_size={init_cfg.vocab_size} but the "
                                     f"tokenizer {config.tokenizer} has {bert_config.vocab_size}")
+        watchdog.beat(0, "initialising the model")
         state = trainer.init_state(init_rng, pretrained, source)
 
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(trainer.abstract_state().params))
@@ -499,10 +549,12 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
             it = make_train_iterator(config, ph, tokenizer, per_host,
                                      phase_state["iterator"] if phase_state else None)
             step_flops = _flops_per_step(bert_config, ph.global_batch_size, ph.seq_len, ph.max_predictions)
-            acc, acc_n = None, 0
+            acc, acc_n = _sums_from_meta(trainer, saved_sums) if phase_state else (None, 0)
+            saved_sums = None
             t0, t_step0 = time.time(), step
             next_batch = trainer.put_batch(next(it))
             while step < ph.end_step:
+                watchdog.beat(step, f"running step {step + 1}" + (" (compiling)" if step == start_step else ""))
                 batch = next_batch
                 state, metrics = trainer.train_step(state, batch, train_rng)
                 step += 1
@@ -514,15 +566,12 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                 stop = _any_process(preempt.requested) if step % 10 == 0 or step == ph.end_step else False
                 paused = run_limit is not None and step >= run_limit and step < total_steps
                 stop = stop or paused
-                meta = {"step": step, "rng": np.asarray(jax.random.key_data(train_rng)
-                                                        if jnp.issubdtype(train_rng.dtype, jax.dtypes.prng_key)
-                                                        else train_rng).tolist(),
-                        "data_state": {"phase": ph.index, "iterator": data_position}}
                 if step % int(config.log_every_steps) == 0 or step == ph.end_step or stop:
                     m = trainer.host_metrics(acc)
                     m = {k: v / acc_n for k, v in m.items()}
                     m["learning_rate"] = float(trainer.schedule(step - 1))
                     if not all(math.isfinite(m[k]) for k in ("loss", "mlm_loss", "nsp_loss")):
+                        watchdog.beat(step, "finishing checkpoint writes before stopping on a NaN loss")
                         checkpoints.manager.wait_until_finished()
                         raise FloatingPointError(
                             f"loss is {m['loss']} at step {step} (phase {ph.index}); last good checkpoint: "
@@ -548,22 +597,31 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                     last_train = m
                     acc, acc_n, t0, t_step0 = None, 0, time.time(), step
                 if config.eval_files and (step % int(config.eval_every_steps) == 0 or step == total_steps):
+                    watchdog.beat(step, "evaluating")
                     last_eval = evaluate(trainer, state, config, ph, tokenizer, per_host)
                     writer.write_scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
                     if jax.process_index() == 0:
                         print(f"eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in last_eval.items()),
                               flush=True)
                 if step % int(config.checkpoint_every_steps) == 0 or step == total_steps or stop:
+                    watchdog.beat(step, f"saving checkpoint {step}")
+                    meta = {"step": step, "rng": np.asarray(jax.random.key_data(train_rng)
+                                                            if jnp.issubdtype(train_rng.dtype, jax.dtypes.prng_key)
+                                                            else train_rng).tolist(),
+                            "data_state": {"phase": ph.index, "iterator": data_position},
+                            "train_sums": _sums_to_meta(trainer, acc, acc_n)}
                     checkpoints.save(step, trainer.savable(state), meta, wait=stop)
                     last_saved = step
                 if stop:
                     if jax.process_index() == 0:
                         why = "max_steps_this_run reached" if paused else "SIGTERM"
                         print(f"{why}: saved step {step} to {checkpoints.dir}; exiting", flush=True)
+                    watchdog.beat(step, "finishing checkpoint writes")
                     checkpoints.close()
                     writer.flush()
                     return {"train": last_train, "eval": last_eval, "step": step, "preempted": True}
             data_state = None
+    watchdog.beat(step, "finishing checkpoint writes")
     checkpoints.close()
     writer.flush()
     result = {"train": last_train, "eval": last_eval, "step": step, "preempted": False}

@@ -12,6 +12,12 @@ Two ways to run the same pure train step:
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import sys
+import threading
+import time
 from typing import Any, Callable, Sequence, Tuple
 
 import jax
@@ -36,12 +42,157 @@ DEFAULT_RULES = (
 )
 
 
-def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None,
+                           initialization_timeout: int = 300, heartbeat_timeout: int = 100,
+                           shutdown_timeout: int = 60):
     """``jax.distributed.initialize`` when launched as several processes; a no-op for one process.
-    On a Cloud TPU VM pod slice every argument is found automatically: pass none."""
-    if coordinator_address or (num_processes and num_processes > 1):
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id)
+    On a Cloud TPU VM pod slice every argument is found automatically: pass none.
+
+    Every wait is bounded. All processes must connect within ``initialization_timeout`` seconds, else
+    this process prints one line (what is missing and what to check) and exits with status 4 -- jax
+    itself would abort from a C++ thread with a stack trace a few seconds later. A process that sends no
+    heartbeat for ``heartbeat_timeout`` seconds (killed, hung host) makes the coordination service stop
+    every process (jax's ``Terminating process because the JAX distributed service detected fatal
+    errors``, non-zero exit); at exit a process waits at most ``shutdown_timeout`` s for the others."""
+    if not (coordinator_address or (num_processes and num_processes > 1)):
+        return
+    timeout = max(1, int(initialization_timeout))
+    done = threading.Event()
+
+    def give_up():
+        if done.wait(timeout):
+            return
+        who = (f"the other {num_processes - 1} process(es) did not all connect"
+               if process_id == 0 else f"could not register with the coordinator (process 0)")
+        print(f"process {process_id} of {num_processes}: {who} at {coordinator_address} within "
+              f"--initialization_timeout={timeout} s. Is every process started with the same "
+              "--coordinator_address and --num_processes and its own --process_id, and is process 0 running "
+              "and reachable? Exiting with status 4.", file=sys.stderr, flush=True)
+        os._exit(4)
+
+    threading.Thread(target=give_up, name="bert_jax-init-timeout", daemon=True).start()
+    try:
+        # jax's own deadline a little later than ours, so that the line above is what the user sees.
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id, initialization_timeout=timeout + 30,
+                                   heartbeat_timeout_seconds=int(heartbeat_timeout),
+                                   shutdown_timeout_seconds=int(shutdown_timeout))
+    finally:
+        done.set()
+
+
+def publish_progress(step: int, where: str) -> None:
+    """Records this process's progress in the coordination service's key-value store (multi-process
+    runs only), so that a `ProgressWatchdog` on any process can say which process is missing."""
+    client = distributed_client()
+    if client is None:
+        return
+    try:
+        client.key_value_set(f"{_PROGRESS_KEY}/{jax.process_index()}",
+                             json.dumps({"step": int(step), "where": where, "time": time.time(),
+                                         "host": socket.gethostname(), "pid": os.getpid()}),
+                             allow_overwrite=True)
+    except Exception:  # the coordinator is gone; the watchdog / heartbeat will say so
+        pass
+
+
+_PROGRESS_KEY = "bert_jax/progress"
+
+
+def distributed_client():
+    """jax's coordination-service client in a multi-process run (its key-value store), else None."""
+    if jax.process_count() == 1:
+        return None
+    try:
+        from jax._src import distributed
+        return distributed.global_state.client
+    except Exception:
+        return None
+
+
+def progress_report(timeout_s: float = 10.0) -> str:
+    """One line per process: the step and activity it last reported, and how long ago."""
+    client = distributed_client()
+    if client is None:
+        return ""
+    out = {}
+
+    def fetch():
+        try:
+            out["items"] = client.key_value_dir_get(_PROGRESS_KEY + "/")
+        except Exception as e:
+            out["error"] = e
+    t = threading.Thread(target=fetch, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if "items" not in out:
+        return (f"the coordinator (process 0) does not answer ({out.get('error', 'timed out')}); "
+                "process 0 is probably gone")
+    seen = {}
+    for key, value in out["items"]:
+        try:
+            seen[int(key.rsplit("/", 1)[1])] = json.loads(value)
+        except (ValueError, IndexError):
+            continue
+    now, lines = time.time(), []
+    newest = max((v["step"] for v in seen.values()), default=0)
+    for i in range(jax.process_count()):
+        v = seen.get(i)
+        if v is None:
+            lines.append(f"process {i}: never reported (missing)")
+            continue
+        behind = " <- behind" if v["step"] < newest else ""
+        lines.append(f"process {i} ({v['host']} pid {v['pid']}): step {v['step']}, {v['where']}, "
+                     f"{now - v['time']:.0f} s ago{behind}")
+    return "; ".join(lines)
+
+
+class ProgressWatchdog:
+    """Bounds every wait of a multi-process run. ``beat(step, where)`` at each step boundary and before
+    and after each save / eval; when no beat comes for ``timeout_s`` seconds (a collective or barrier that
+    some process never joins), prints which process is missing (from `progress_report`) and ends this
+    process with exit status 3 -- ``os._exit``, since the main thread is stuck inside a computation.
+    Does nothing in a one-process run (``timeout_s <= 0`` disables it)."""
+
+    def __init__(self, timeout_s: float, enabled: bool = None):
+        self.timeout_s = float(timeout_s)
+        self.enabled = (jax.process_count() > 1 if enabled is None else enabled) and self.timeout_s > 0
+        self._last = time.monotonic()
+        self._where = ("starting", 0)
+        self._stop = threading.Event()
+        self._thread = None
+        if self.enabled:
+            self._thread = threading.Thread(target=self._watch, name="bert_jax-watchdog", daemon=True)
+            self._thread.start()
+
+    def beat(self, step: int, where: str) -> None:
+        self._last = time.monotonic()
+        self._where = (where, step)
+        if self.enabled:
+            publish_progress(step, where)
+
+    def _watch(self):
+        while not self._stop.wait(min(5.0, max(0.5, self.timeout_s / 10))):
+            idle = time.monotonic() - self._last
+            if idle > self.timeout_s:
+                where, step = self._where
+                report = progress_report()
+                sys.stdout.flush()
+                print(f"process {jax.process_index()}: no progress for {idle:.0f} s (> progress_timeout_s="
+                      f"{self.timeout_s:.0f}) while {where} at step {step}; the processes last reported: "
+                      f"{report or 'nothing'}. Exiting with status 3.", file=sys.stderr, flush=True)
+                os._exit(3)
+
+    def close(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def make_mesh(mesh_shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
@@ -126,7 +277,15 @@ def put_pmap_batch(batch):
 
 
 def unreplicate(tree):
-    return jax.tree_util.tree_map(lambda x: x[0], tree)
+    """Host (numpy) copy of a pmap-replicated tree: this process's first device's copy, read with
+    ``addressable_data(0)`` -- no computation runs. (``x[0]`` on a device array compiles a gather with
+    collectives among the local devices; in a multi-process run those rendezvous through the
+    coordination service and hung against Orbax's barriers in the other process.)"""
+    def first(x):
+        if isinstance(x, jax.Array):
+            return np.asarray(x.addressable_data(0)).reshape(x.shape[1:])
+        return np.asarray(x)[0]
+    return jax.tree_util.tree_map(first, tree)
 
 
 def check_batch_layout(global_batch_size: int, grad_accum_steps: int, num_devices: int = None,
