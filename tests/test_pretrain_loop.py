@@ -1,4 +1,5 @@
-"""The pre-training loop end to end on real text: configs, resume, SIGTERM, multi-host, bad input."""
+"""The pre-training loop end to end on real text: configs, resume, SIGTERM, bad input, one run per
+workdir (several processes: tests/test_multihost.py; kill -9: tests/test_crash_safety.py)."""
 
 import glob
 import json
@@ -179,34 +180,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(data, tmp_path):
-    """2 processes x 4 CPU devices on 127.0.0.1 == 1 process x 8 devices (jit over a global mesh)."""
-    c = tiny_config(data, parallelism="jit", num_train_steps=3, eval_files="")
-    loop.train_and_evaluate(c, str(tmp_path / "one"))
-    one = scalars(str(tmp_path / "one"))["train/loss"]
-
-    port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONUNBUFFERED="1")
-    procs = [subprocess.Popen(_pretrain_cmd(data, str(tmp_path / "two"), "--config.num_train_steps=3",
-                                            "--config.parallelism=jit", "--config.log_every_steps=1",
-                                            "--config.learning_rate=0.001", "--config.checkpoint_every_steps=3",
-                                            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                                            f"--process_id={i}"),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-             for i in range(2)]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=400)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n=====\n".join(o[-3000:] for o in outs)
-    two = scalars(str(tmp_path / "two"))["train/loss"]
-    np.testing.assert_allclose([two[s] for s in (1, 2, 3)], [one[s] for s in (1, 2, 3)], rtol=1e-5)
-
-
 def test_bad_inputs_fail_before_compiling(data, tmp_path):
     def fails(match, **kw):
         with pytest.raises(ValueError, match=match):
@@ -283,7 +256,6 @@ sys.stdin.read()
 
 def test_one_run_per_workdir(data, tmp_path, capsys):
     """A live holder -> refused with one line naming host and pid; a dead holder's lock -> taken over."""
-    import socket as socket_lib
     workdir = str(tmp_path / "w")
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK.format(repo=REPO, workdir=workdir)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -293,7 +265,7 @@ def test_one_run_per_workdir(data, tmp_path, capsys):
         with pytest.raises(ValueError) as e:
             loop.train_and_evaluate(c, workdir)
         msg = str(e.value)
-        assert "\n" not in msg and f"is in use by another run (host {socket_lib.gethostname()}, pid {holder.pid}" in msg
+        assert "\n" not in msg and f"is in use by another run (host {socket.gethostname()}, pid {holder.pid}" in msg
         assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # refused before touching the workdir
         holder.kill()  # kill -9: the kernel drops the flock, the file still names the dead holder
         holder.wait(timeout=60)
