@@ -419,3 +419,18 @@ def test_pretrained_vs_scratch_lr_grid_and_probe(rt_files, tiny_ckpt, tmp_path):
     assert set(result["majority_baseline"]) == {"dev", "test"}
     table = open(tmp_path / "grid" / "table.md", encoding="utf-8").read()
     assert "linear probe (mean features)" in table
+
+
+def test_lr_search_first_seed_runs_other_seeds_at_the_picked_lr(rt_files, tiny_ckpt, tmp_path):
+    from experiments.pretrained_vs_scratch import main as pvs
+
+    config = _pvs_config(rt_files, tiny_ckpt, train_examples="24", seeds="0,1", inits="scratch",
+                         learning_rates="1e-3,1e-2", lr_search="first_seed", min_train_steps=4)
+    result = pvs.train_and_evaluate(config, str(tmp_path / "first_seed"))
+    runs = result["runs"]
+    seed0 = {r["learning_rate"]: r["dev_metrics"]["accuracy"] for r in runs if r["seed"] == 0}
+    picked = max(sorted(seed0), key=lambda lr: seed0[lr])
+    assert sorted(seed0) == [1e-3, 1e-2]
+    assert [(r["seed"], r["learning_rate"]) for r in runs if r["seed"] == 1] == [(1, picked)]
+    row, = result["summary"]
+    assert result["complete"] and row["learning_rate"] == picked and row["test"]["n"] == 2

@@ -54,6 +54,8 @@ def get_config(arg=None):
     c.learning_rate = 5e-5
     c.learning_rates = ""              # a grid (e.g. "3e-5,1e-4,3e-4"): for each init x budget, the lr with the
                                        # best median dev metric over seeds is the one reported (never test)
+    c.lr_search = "all_seeds"          # or "first_seed": every lr with the first seed only, the other seeds
+                                       # at the lr that seed picked on dev (cheaper; dev only either way)
     c.max_evals = 0                    # >0: at most this many dev evaluations per run -- a small subset is
                                        # repeated within an epoch instead of evaluating after every pass
     c.warmup_proportion = 0.1
@@ -82,9 +84,10 @@ def main_job_recipe(c):
     c.max_seq_length = 64
     c.global_batch_size = 16
     c.eval_batch_size = 256
-    c.num_epochs = 3.0
-    c.min_train_steps = 150
-    c.max_evals = 3
+    c.num_epochs = 2.0
+    c.min_train_steps = 120
+    c.max_evals = 2
     c.learning_rate = 1e-4
-    c.learning_rates = ""
+    c.learning_rates = "1e-4,3e-4"
+    c.lr_search = "first_seed"
     c.probe = True

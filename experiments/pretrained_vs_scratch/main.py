@@ -33,7 +33,7 @@ INITS = ("pretrained", "scratch")
 RUN_KEYS = ("task", "train_file", "eval_file", "test_file", "text_fields", "label_field", "data_dir",
             "init_checkpoint", "tokenizer", "hidden_dropout_prob", "max_seq_length", "global_batch_size",
             "num_epochs", "min_train_steps", "learning_rate", "warmup_proportion", "weight_decay",
-            "early_stopping_patience", "mesh_shape", "max_evals")
+            "early_stopping_patience", "mesh_shape", "max_evals", "lr_search")
 
 
 def parse_grid(config):
@@ -235,13 +235,17 @@ def repeats_for(config, n_examples: int) -> int:
     return max(1, math.ceil(passes / int(config.max_evals)))
 
 
-def select_learning_rates(runs, metric: str):
+def select_learning_rates(runs, metric: str, selection_seeds=None):
     """{(init, fraction): (lr, {lr: median dev metric})}: per init x budget, the learning rate with the best
-    median dev metric over seeds (ties: the smaller lr). Dev only -- test never takes part."""
+    median dev metric over seeds (ties: the smaller lr); only ``selection_seeds`` take part when given
+    (``lr_search=first_seed``). Dev only -- test never takes part."""
     import numpy as np
     out = {}
     for key in sorted({(r["init"], r["fraction"]) for r in runs}):
-        rs = [r for r in runs if (r["init"], r["fraction"]) == key]
+        rs = [r for r in runs if (r["init"], r["fraction"]) == key
+              and (selection_seeds is None or r["seed"] in selection_seeds)]
+        if not rs:
+            continue
         medians = {lr: float(np.median([r["dev_metrics"][metric] for r in rs if r["learning_rate"] == lr]))
                    for lr in sorted({r["learning_rate"] for r in rs})}
         out[key] = (max(medians, key=lambda lr: (medians[lr], -lr)), medians)
@@ -259,6 +263,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     _, seeds, inits = parse_grid(config)
     lrs = learning_rates(config)
+    lr_search = config.get("lr_search", "all_seeds")
+    if lr_search not in ("all_seeds", "first_seed"):
+        raise ValueError(f"lr_search={lr_search!r}: choose all_seeds (every lr x seed) or first_seed (every lr "
+                         "with the first seed; the other seeds at the lr it picked)")
+    selection_seeds = {seeds[0]} if lr_search == "first_seed" and len(lrs) > 1 else None
     if not config.init_checkpoint:
         raise ValueError("init_checkpoint is empty: the pretrained arm needs a load_pretrained path (the "
                          "scratch arm is a random init of its architecture)")
@@ -295,8 +304,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     total, t_start = len(fractions) * len(seeds) * len(inits) * len(lrs), time.time()
 
     def save():
-        selected = select_learning_rates(runs, metric)
-        chosen = [r for r in runs if r["learning_rate"] == selected[(r["init"], r["fraction"])][0]]
+        selected = select_learning_rates(runs, metric, selection_seeds)
+        chosen = [r for r in runs if (r["init"], r["fraction"]) in selected
+                  and r["learning_rate"] == selected[(r["init"], r["fraction"])][0]]
         summary = summarize(chosen, metric)
         for row in summary:
             lr, medians = selected[(row["init"], row["fraction"])]
@@ -304,7 +314,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
             row["dev_median_by_learning_rate"] = {f"{k:g}": v for k, v in medians.items()}
         result = {"task": config.task, "metric": metric, "fractions": fractions, "seeds": seeds, "inits": inits,
                   "learning_rates": lrs,
-                  "complete": all((i, f, s, lr) in {key(r) for r in runs}
+                  "lr_search": lr_search,
+                  "complete": all(any((i, f, s) == key(r)[:3] for r in chosen) for i in inits for f in fractions
+                                  for s in seeds) if selection_seeds else
+                              all((i, f, s, lr) in {key(r) for r in runs}
                                   for i in inits for f in fractions for s in seeds for lr in lrs),
                   "summary": summary, "runs": runs, "init_checkpoint": config.init_checkpoint,
                   "model_config": model_config.to_hf_dict(), "config": config.to_dict(),
@@ -334,6 +347,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 for lr in lrs:
                     k += 1
                     if (init, fraction, seed, lr) in done:
+                        continue
+                    if selection_seeds and seed not in selection_seeds and lr != select_learning_rates(
+                            runs, metric, selection_seeds)[(init, fraction)][0]:
                         continue
                     run_cfg = ml_collections.ConfigDict(config.to_dict())
                     run_cfg.seeds = str(seed)
