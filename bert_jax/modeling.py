@@ -11,13 +11,11 @@ Post-LN Transformer encoder as in the original BERT (Devlin et al., 2018) and HF
   mesh can shard them with the rules in `bert_jax.training.parallel`.
 * ``masked_positions`` on the pre-training head: MLM logits only where they are needed (the original
   ``gather_indexes``).
-* dense layers (:class:`Dense`: ``DenseGeneral``'s parameters) computed as one 2-D matmul over the
-  flattened tokens with a hand-written backward pass (`dense_matmul`), exact GELU through ``erf``.
-* LayerNorm (:class:`LayerNormalization`: ``nn.LayerNorm``'s parameters) with a hand-written backward
-  pass (`layer_norm`).
-* dropout masks from 16-bit random numbers, four per threefry block (:class:`Dropout`), and
-  ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPUs) wherever attention-probability
-  dropout is off.
+* ``Dense``, ``LayerNormalization`` and ``Dropout`` from `bert_jax.ops` (the parameters of flax's
+  ``DenseGeneral``, ``LayerNorm`` and the semantics of ``Dropout``, with hand-written kernels: bf16
+  matmuls with fp32 accumulation, fp32 LayerNorm statistics, 16-bit dropout decisions); exact GELU
+  through ``erf``; ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPUs) wherever
+  attention-probability dropout is off.
 
 Parameter tree (``params``)::
 
@@ -35,9 +33,7 @@ Parameter tree (``params``)::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import math
 import os
 from typing import Any, Optional
 
@@ -45,6 +41,10 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+
+from bert_jax.ops.dense import Dense, dense_matmul  # noqa: F401 (dense_matmul: re-exported)
+from bert_jax.ops.dropout import Dropout, threefry2x32  # noqa: F401
+from bert_jax.ops.layer_norm import LayerNormalization, layer_norm  # noqa: F401
 
 Array = jax.Array
 
@@ -237,220 +237,13 @@ def _zeros(*axes):
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
-def _ones(*axes):
-    return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
-
-
 def LayerNorm(config: BertConfig, name: str = "LayerNorm"):  # noqa: N802 (a module factory)
     return LayerNormalization(epsilon=config.layer_norm_eps, dtype=config.dtype, name=name)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def layer_norm(x, scale, bias, eps, dtype=None):
-    """LayerNorm over the last axis, statistics and arithmetic in fp32 (the mean, then the variance about
-    it, as PyTorch computes them), output in ``dtype`` (default ``x.dtype``); with a hand-written backward pass:
-    ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` for ``g = dy * scale``. Autodiff of the same
-    maths makes XLA:CPU materialise ``rstd * scale`` broadcast to the full activation as a residual and
-    take more passes over it in both directions (BERT-Mini step 1.03x, base 1.01x without them).
-    Gradients checked against flax's module and PyTorch (tests/test_parity.py)."""
-    return _layer_norm_fwd(x, scale, bias, eps, dtype)[0]
-
-
-def _layer_norm_fwd(x, scale, bias, eps, dtype=None):
-    x_f32 = x.astype(jnp.float32)
-    mean = jnp.mean(x_f32, axis=-1, keepdims=True)
-    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x_f32 - mean), axis=-1, keepdims=True) + eps)
-    y = (x_f32 - mean) * rstd * scale.astype(jnp.float32) + bias.astype(jnp.float32)
-    return y.astype(dtype or x.dtype), (x, mean, rstd, scale)
-
-
-def _layer_norm_bwd(eps, dtype, residuals, dy):
-    x, mean, rstd, scale = residuals
-    xhat = (x.astype(jnp.float32) - mean) * rstd
-    dy_f32 = dy.astype(jnp.float32)
-    g = dy_f32 * scale.astype(jnp.float32)
-    dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True) - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
-    lead = tuple(range(x.ndim - 1))
-    dscale = jnp.sum(dy_f32 * xhat, axis=lead)
-    dbias = jnp.sum(dy_f32, axis=lead)
-    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
-
-
-layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
-
-
-class LayerNormalization(nn.Module):
-    """``flax.linen.LayerNorm``'s parameters (``scale``, ``bias``: fp32, logical axis ``embed``) computed by
-    `layer_norm`; statistics in fp32 whatever the input, output in the compute ``dtype``, as flax's."""
-    epsilon: float = 1e-12
-    dtype: str = "float32"
-
-    @nn.compact
-    def __call__(self, x):
-        features = x.shape[-1]
-        scale = self.param("scale", _ones("embed"), (features,), jnp.float32)
-        bias = self.param("bias", _zeros("embed"), (features,), jnp.float32)
-        return layer_norm(x, scale, bias, self.epsilon, jnp.dtype(self.dtype))
 
 
 def _dense(config: BertConfig, features, axes, name, axis=-1):
     return Dense(features=features, axis=axis, kernel_axes=axes, dtype=config.dtype,
                  initializer_range=config.initializer_range, name=name)
-
-
-def _bias_axes(features, axes):
-    n = len(features) if isinstance(features, tuple) else 1
-    return axes[-n:]
-
-
-def _contract(x_TxI, kernel_IxO):
-    """[T, *in] x [*in, *out] -> [T, *out]."""
-    n_in = x_TxI.ndim - 1
-    return jax.lax.dot_general(x_TxI, kernel_IxO, ((tuple(range(1, n_in + 1)), tuple(range(n_in))), ((), ())))
-
-
-@jax.custom_vjp
-def dense_matmul(x_TxI, kernel_IxO):
-    """``x @ kernel`` over one flattened batch dimension, with a hand-written backward pass: the input
-    gradient ``dy . kernel^T`` and the kernel gradient ``x^T . dy``, each one dot_general over the
-    flattened token dimension. The same products JAX's autodiff of `flax.linen.DenseGeneral` forms on
-    [B, L, H] inputs, but in the plain [T, K] x [K, N] forms XLA:CPU's fast matmul path takes: the
-    BERT-base pre-training step is 1.27x faster with it (2-core CPU, measured in one process against
-    DenseGeneral). Gradients are checked against PyTorch's in tests/test_parity.py."""
-    return _contract(x_TxI, kernel_IxO)
-
-
-def _dense_matmul_fwd(x_TxI, kernel_IxO):
-    return _contract(x_TxI, kernel_IxO), (x_TxI, kernel_IxO)
-
-
-def _dense_matmul_bwd(residuals, dy_TxO):
-    x_TxI, kernel_IxO = residuals
-    # dx as a 2-D product: contracting the kernel's trailing feature dims in place (e.g. qkv's [3, N, D])
-    # makes XLA:CPU copy a transposed kernel per layer; the [T, O] x [K, O]^T form needs none.
-    t, k = dy_TxO.shape[0], math.prod(x_TxI.shape[1:])
-    dx = jax.lax.dot_general(dy_TxO.reshape(t, -1), kernel_IxO.reshape(k, -1),
-                             (((1,), (1,)), ((), ()))).reshape(x_TxI.shape)
-    dkernel = jax.lax.dot_general(x_TxI, dy_TxO, (((0,), (0,)), ((), ())))
-    return dx.astype(x_TxI.dtype), dkernel.astype(kernel_IxO.dtype)
-
-
-dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
-
-
-class Dense(nn.Module):
-    """``flax.linen.DenseGeneral``'s parameters (``kernel`` [*in, *features], ``bias`` [*features], fp32,
-    logical axis names ``kernel_axes``) and maths (inputs and parameters cast to ``dtype``), computed
-    as one matmul over the flattened leading dimensions with `dense_matmul`'s backward pass."""
-    features: Any
-    kernel_axes: tuple
-    axis: Any = -1
-    dtype: str = "float32"
-    initializer_range: float = 0.02
-
-    @nn.compact
-    def __call__(self, x):
-        features = tuple(self.features) if isinstance(self.features, (tuple, list)) else (self.features,)
-        axis = tuple(self.axis) if isinstance(self.axis, (tuple, list)) else (self.axis,)
-        axis = tuple(sorted(a % x.ndim for a in axis))
-        if axis != tuple(range(x.ndim - len(axis), x.ndim)):
-            raise ValueError(f"Dense contracts trailing input axes only, got axis={self.axis} for shape {x.shape}")
-        in_shape = x.shape[axis[0]:]
-        normal = nn.initializers.truncated_normal(self.initializer_range)
-
-        def init_flat(rng, shape, dtype):  # drawn as [prod(in), prod(features)], as DenseGeneral does
-            flat = (math.prod(shape[:len(in_shape)]), math.prod(shape[len(in_shape):]))
-            return normal(rng, flat, dtype).reshape(shape)
-
-        init = nn.with_logical_partitioning(init_flat, tuple(self.kernel_axes))
-        kernel = self.param("kernel", init, in_shape + features, jnp.float32)
-        bias = self.param("bias", _zeros(*_bias_axes(features, tuple(self.kernel_axes))), features,
-                          jnp.float32)
-        dtype = jnp.dtype(self.dtype)
-        lead = x.shape[:axis[0]]
-        x_TxI = x.astype(dtype).reshape((-1,) + in_shape)
-        y = dense_matmul(x_TxI, kernel.astype(dtype)) + bias.astype(dtype)
-        return y.reshape(lead + features)
-
-
-class Dropout(nn.Module):
-    """Inverted dropout whose keep/drop decisions use 16 random bits each (four per threefry block).
-
-    ``flax.linen.Dropout`` draws a 32-bit uniform per element, and ``jax.random.bits`` makes each 32-bit
-    word from a whole threefry2x32 block (64 bits, XOR-ed together); a BERT-base step at batch 8 x 128 makes
-    ~47M dropout decisions. Here each block makes four decisions, ``bits16 < round((1 - rate) * 2**16)``,
-    and kept values are scaled by ``2**16 / threshold`` so the expectation is exact; the dropout rate is
-    ``rate`` to within 2**-17 (0.1 -> 0.1000061). The blocks are counted by position along
-    ``[..., ceil(n / 4)]`` (element-wise, so batch-sharded activations get batch-sharded masks). With
-    non-threefry keys (``jax_default_prng_impl``), two decisions per ``jax.random.bits`` word. Uses the
-    ``"dropout"`` RNG stream, like flax's. Measured on the BERT-base step (2-core CPU): dropout costs
-    3.5% of the step this way, against ~10% for 32-bit decisions.
-    """
-    rate: float
-
-    @nn.compact
-    def __call__(self, x, deterministic: bool):
-        if deterministic or self.rate == 0.0:
-            return x
-        threshold = int(round((1.0 - self.rate) * 65536))
-        if threshold <= 0:
-            return jnp.zeros_like(x)
-        if threshold >= 65536:
-            return x
-        shape = x.shape if x.ndim else (1,)
-        keep = _keep_mask(self.make_rng("dropout"), shape, threshold).reshape(x.shape)
-        return jnp.where(keep, x * jnp.asarray(65536.0 / threshold, x.dtype), jnp.zeros((), x.dtype))
-
-
-def _rotate_left(x, bits):
-    return (x << jnp.uint32(bits)) | (x >> jnp.uint32(32 - bits))
-
-
-def threefry2x32(key1, key2, x1, x2):
-    """Threefry-2x32 with 20 rounds (Salmon et al. 2011, Random123): the hash behind JAX's default PRNG,
-    bit-identical to ``jax.extend.random.threefry2x32_p`` (tested), written out round by round.
-
-    XLA:CPU lowers JAX's primitive as a 5-iteration while loop (for compile time), which writes both
-    words of every block to memory between iterations; unrolled, the whole hash -- and whatever
-    consumes its output -- compiles into one element-wise loop. TPUs and GPUs get the unrolled form
-    from JAX too. ``key1``/``key2`` are uint32 scalars, ``x1``/``x2`` uint32 arrays (the counter)."""
-    rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
-    ks = (key1, key2, key1 ^ key2 ^ jnp.uint32(0x1BD11BDA))
-    x1, x2 = x1 + ks[0], x2 + ks[1]
-    for i in range(5):
-        for r in rotations[i % 2]:
-            x1 = x1 + x2
-            x2 = _rotate_left(x2, r) ^ x1
-        x1 = x1 + ks[(i + 1) % 3]
-        x2 = x2 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
-    return x1, x2
-
-
-def _keep_mask(key, shape, threshold):
-    """Boolean [*shape]: 16-bit random numbers < threshold, four from each threefry2x32 block."""
-    n = shape[-1]
-    data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    if data.shape != (2,) or math.prod(shape) >= 2 ** 34:   # not a threefry key (or > 2^32 blocks)
-        bits = jax.random.bits(key, shape[:-1] + ((n + 1) // 2,), jnp.uint32)
-        return jnp.concatenate([bits & 0xFFFF, bits >> 16], axis=-1)[..., :n] < jnp.uint32(threshold)
-    # One threefry2x32 block per 4 decisions, counted by position along [..., ceil(n / 4)] (element-wise,
-    # so sharded activations get sharded masks); jax.random.bits would XOR the block's two words into one.
-    block_shape = shape[:-1] + (-(-n // 4),)
-    index = jnp.zeros(block_shape, jnp.uint32)
-    stride = 1
-    for d in reversed(range(len(block_shape))):
-        index = index + jax.lax.broadcasted_iota(jnp.uint32, block_shape, d) * jnp.uint32(stride)
-        stride *= block_shape[d]
-    w1, w2 = threefry2x32(data[0], data[1], jnp.zeros(block_shape, jnp.uint32), index)
-    # The four decisions as four bits of one word per block, then spread out: stacking the four
-    # comparisons instead makes XLA evaluate the whole hash once per output element (4x the work).
-    t = jnp.uint32(threshold)
-    code = functools.reduce(jnp.bitwise_or, [
-        (quarter < t).astype(jnp.uint32) << j
-        for j, quarter in enumerate((w1 & 0xFFFF, w1 >> 16, w2 & 0xFFFF, w2 >> 16))])
-    bit = jax.lax.broadcasted_iota(jnp.uint32, block_shape + (4,), len(block_shape))
-    keep = ((code[..., None] >> bit) & 1) == 1
-    return keep.reshape(shape[:-1] + (-1,))[..., :n]
 
 
 class BertEmbeddings(nn.Module):
