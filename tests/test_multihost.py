@@ -143,3 +143,23 @@ def test_a_process_that_never_comes_says_so(data, tmp_path):
     assert "process 0 of 2: the other 1 process(es) did not all connect at 127.0.0.1:" in out
     assert "within --initialization_timeout=5 s" in out and "Traceback" not in out
     assert time.time() - t0 < 110
+
+
+_STALL = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from bert_jax.training import parallel
+w = parallel.ProgressWatchdog(1.0, enabled=True)
+w.beat(7, "saving checkpoint 7")
+time.sleep(60)
+"""
+
+
+def test_watchdog_ends_a_stalled_process():
+    """No beat for progress_timeout_s -> one line naming the step and activity, exit status 3."""
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-c", _STALL.format(repo=REPO)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "process 0: no progress for" in r.stderr and "while saving checkpoint 7 at step 7" in r.stderr
+    assert time.time() - t0 < 50

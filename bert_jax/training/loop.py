@@ -6,6 +6,13 @@
 * SIGTERM (a TPU VM preemption) -> save at the next step boundary and return normally.
 * Metrics stay on device between log steps; a NaN/inf loss stops the run naming the step and the
   last good checkpoint. Only process 0 writes summaries (TensorBoard + one stdout line per log step).
+* kill -9 at any moment: a save cut short is a ``*.orbax-checkpoint-tmp*`` directory that is never
+  restored and is deleted by the next run; the running sums of the train metrics since the last log
+  step are in the checkpoint's meta, so a resumed run logs what an uninterrupted one would.
+* One run per workdir (`workdir_lock`). Several processes: every process runs the same computations
+  in the same order -- what process 0 does alone touches host data only, and device arrays are read
+  with ``addressable_data`` (no computation) -- and every wait is bounded (`parallel.ProgressWatchdog`,
+  ``config.progress_timeout_s``).
 """
 
 from __future__ import annotations
