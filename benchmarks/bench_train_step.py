@@ -76,6 +76,8 @@ flags.DEFINE_integer("steps", 10, "Timed steps per implementation and config.")
 flags.DEFINE_integer("rounds", 5, "The timed steps are split into this many alternating rounds.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_boolean("hf", True, "Also run HF transformers' FlaxBertForPreTraining.")
+flags.DEFINE_boolean("bf16_vs_fp32", False, "Instead of HF: bert_jax in fp32 against bert_jax in bf16 (fp32 "
+                     "parameters), alternating, with MFU against a bf16 x bf16 -> fp32 matmul peak measured here.")
 flags.DEFINE_boolean("check_parity", True, "Check that both deterministic losses agree before timing.")
 flags.DEFINE_list("matmul_sizes", None, "Square matmul sizes for the measured peak "
                   "(default 1024,2048 on CPU, 4096,8192 on accelerators).")
@@ -162,6 +164,10 @@ class MatmulProbe:
         import jax.numpy as jnp
         self.n = n
         self.f = jax.jit(lambda a, b: a @ b)
+        if isinstance(dtype, str) and dtype == "bf16_f32":   # what bert_jax's bf16 dense layers run (bert_jax.ops.dense.dot_f32)
+            from bert_jax.ops.dense import dot_f32
+            self.f = jax.jit(lambda a, b: dot_f32(a, b, (((1,), (0,)), ((), ()))))
+            dtype = jnp.bfloat16
         ka, kb = jax.random.split(jax.random.PRNGKey(n))
         self.a = jax.random.normal(ka, (n, n), jnp.float32).astype(dtype)
         self.b = jax.random.normal(kb, (n, n), jnp.float32).astype(dtype)
@@ -424,7 +430,8 @@ def bench_config(label, size, seq_len, batch_size, matmul_peak, chip_peak, n_ste
     if P > seq_len:
         raise SystemExit(f"--max_predictions={P} exceeds seq_len={seq_len} of config {label}")
     drop = 0.1 if FLAGS.dropout else 0.0
-    cfg = modeling.BertConfig.named(size, vocab_size=FLAGS.vocab_size, dtype=FLAGS.dtype,
+    dtype = "float32" if FLAGS.bf16_vs_fp32 else FLAGS.dtype
+    cfg = modeling.BertConfig.named(size, vocab_size=FLAGS.vocab_size, dtype=dtype,
                                     max_position_embeddings=max(512, seq_len),
                                     hidden_dropout_prob=drop, attention_probs_dropout_prob=drop)
     tokens = batch_size * seq_len
@@ -447,7 +454,7 @@ def bench_config(label, size, seq_len, batch_size, matmul_peak, chip_peak, n_ste
 
     runners = []
     hf_model = hf_params = None
-    if FLAGS.hf:
+    if FLAGS.hf and not FLAGS.bf16_vs_fp32:
         import transformers
         hf_config = transformers.BertConfig(**cfg.to_hf_dict())
         hf_model = transformers.FlaxBertForPreTraining(
@@ -486,6 +493,12 @@ def bench_config(label, size, seq_len, batch_size, matmul_peak, chip_peak, n_ste
     runners.append(Runner("bert_jax", step_lib.make_pretrain_step(model, axis_name=None),
                           ours_state, batch, rng))
     print(f"  bert_jax: compiled in {runners[-1].compile_s:.1f} s", flush=True)
+    if FLAGS.bf16_vs_fp32:
+        bf16_model = modeling.BertForPreTraining(cfg.replace(dtype="bfloat16"))
+        runners.append(Runner("bert_jax_bf16", step_lib.make_pretrain_step(bf16_model, axis_name=None),
+                              step_lib.create_train_state(bf16_model, jax.tree_util.tree_map(jnp.copy, params), tx),
+                              batch, rng))
+        print(f"  bert_jax bf16: compiled in {runners[-1].compile_s:.1f} s", flush=True)
     if hf_model is not None:
         hf_state = step_lib.create_train_state(None, hf_params, tx)
         runners.append(Runner("hf", make_hf_pretrain_step(hf_model), hf_state, batch, rng))
@@ -513,7 +526,7 @@ def bench_config(label, size, seq_len, batch_size, matmul_peak, chip_peak, n_ste
             s["own_dense_mfu_vs_measured_matmul_peak"] = s["own_dense_flops_per_second"] / matmul_peak
         result[r.name] = s
         mem = s["xla_memory"] or {}
-        name = "bert_jax" if r.name == "bert_jax" else "HF Flax "
+        name = {"bert_jax": "bert_jax", "hf": "HF Flax ", "bert_jax_bf16": "bert_jax bf16"}[r.name]
         line = (f"  {name}: {s['tokens_per_second']:,.0f} tokens/s (step {s['step_seconds_median'] * 1e3:,.0f} ms "
                 f"median, IQR {s['step_seconds_iqr'][0] * 1e3:,.0f}-{s['step_seconds_iqr'][1] * 1e3:,.0f} ms, "
                 f"{len(s['step_seconds_all'])} steps), compile {s['compile_seconds']:.1f} s, "
@@ -536,6 +549,18 @@ def bench_config(label, size, seq_len, batch_size, matmul_peak, chip_peak, n_ste
         result["ratio_tokens_per_second"] = (result["bert_jax"]["tokens_per_second"]
                                              / result["hf"]["tokens_per_second"])
         print(f"  ratio bert_jax / HF: {result['ratio_tokens_per_second']:.2f}x tokens/s", flush=True)
+    if "bert_jax_bf16" in result:
+        bf = result["bert_jax_bf16"]
+        result["bf16_speedup"] = result["bert_jax"]["step_seconds_median"] / bf["step_seconds_median"]
+        bf_peak, bf_sizes = measure_matmul_peak(FLAGS.matmul_sizes and [int(n) for n in FLAGS.matmul_sizes]
+                                                or [1024, 2048], "bf16_f32", 0.3 if FLAGS.quick else 1.0)
+        bf["bf16_matmul_peak"] = bf_peak
+        bf["mfu_vs_bf16_matmul_peak"] = bf["model_flops_per_second"] / bf_peak
+        first, last = result["bert_jax"]["last_step_metrics"]["loss"], bf["last_step_metrics"]["loss"]
+        print(f"  bf16 / fp32: step {result['bf16_speedup']:.2f}x faster; bf16 x bf16 -> fp32 matmul peak here "
+              f"{bf_peak / 1e9:,.1f} GFLOP/s ({', '.join(f'{n}²: {v / 1e9:,.1f}' for n, v in bf_sizes.items())}), "
+              f"bf16 MFU against it {100 * bf['mfu_vs_bf16_matmul_peak']:.1f}%; last loss fp32 {first:.4f}, "
+              f"bf16 {last:.4f}", flush=True)
     if FLAGS.profile:
         for r in runners:
             kinds = profile_by_kind(r)

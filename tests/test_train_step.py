@@ -217,3 +217,29 @@ def test_batch_layout_errors():
     assert parallel.check_batch_layout(64, 2, num_devices=8, num_processes=2) == (32, 8)
     with pytest.raises(ValueError, match="global_batch_size=60 must be divisible by devices x grad_accum_steps"):
         parallel.check_batch_layout(60, 2, num_devices=8, num_processes=1)
+
+
+def test_bf16_training_follows_fp32():
+    """bf16 compute (fp32 parameters, optimizer state, accumulation, LayerNorm and softmax statistics):
+    300 pre-training steps at BERT-tiny shape (dropout on) end within 2% of the fp32 run's loss, with fp32
+    parameters throughout."""
+    cfg = modeling.BertConfig(vocab_size=64, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=512, max_position_embeddings=32)
+    batches = [random_batch(16, seed=s) for s in range(32)]  # cycled: the loss falls well below its start
+    tx = optim.make_optimizer(opt_config(num_train_steps=300, warmup_steps=30, learning_rate=1e-3))
+    params = modeling.init_params(modeling.BertForPreTraining(cfg), jax.random.PRNGKey(0))
+    curves = {}
+    for dtype in ("float32", "bfloat16"):
+        model = modeling.BertForPreTraining(cfg.replace(dtype=dtype))
+        state = step_lib.create_train_state(model, params, tx)
+        fn = jax.jit(step_lib.make_pretrain_step(model, None, 1))
+        losses = []
+        for i in range(300):
+            state, m = fn(state, batches[i % len(batches)], jax.random.PRNGKey(1))
+            losses.append(m["loss"])
+        assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state.params))
+        curves[dtype] = np.asarray(jax.device_get(losses))
+    fp32, bf16 = (curves[d][-32:].mean() for d in ("float32", "bfloat16"))   # one pass over the batches
+    print(f"loss after 300 steps: fp32 {fp32:.4f}, bf16 {bf16:.4f} (first 32 steps: {curves['float32'][:32].mean():.4f})")
+    assert curves["float32"][:32].mean() > 1.2 * fp32          # it learned something
+    assert abs(bf16 - fp32) / fp32 < 0.02, (fp32, bf16)
