@@ -81,15 +81,16 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
         done.set()
 
 
-def publish_progress(step: int, where: str) -> None:
-    """Records this process's progress in the coordination service's key-value store (multi-process
-    runs only), so that a `ProgressWatchdog` on any process can say which process is missing."""
+def publish_progress(step: int, where: str, since: float) -> None:
+    """Records this process's progress (step, activity, when it began) and that it is alive (now) in the
+    coordination service's key-value store (multi-process runs only), so that a `ProgressWatchdog` on
+    any process can say which process is missing."""
     client = distributed_client()
     if client is None:
         return
     try:
         client.key_value_set(f"{_PROGRESS_KEY}/{jax.process_index()}",
-                             json.dumps({"step": int(step), "where": where, "time": time.time(),
+                             json.dumps({"step": int(step), "where": where, "since": since, "time": time.time(),
                                          "host": socket.gethostname(), "pid": os.getpid()}),
                              allow_overwrite=True)
     except Exception:  # the coordinator is gone; the watchdog / heartbeat will say so
@@ -110,8 +111,10 @@ def distributed_client():
         return None
 
 
-def progress_report(timeout_s: float = 10.0) -> str:
-    """One line per process: the step and activity it last reported, and how long ago."""
+def progress_report(silent_after_s: float = 15.0, timeout_s: float = 10.0) -> str:
+    """One entry per process: its step and activity, for how long, and when it was last heard from (its
+    watchdog thread re-publishes every few seconds, so a process not heard from for ``silent_after_s``
+    is stopped, hung or gone)."""
     client = distributed_client()
     if client is None:
         return ""
@@ -126,7 +129,7 @@ def progress_report(timeout_s: float = 10.0) -> str:
     t.start()
     t.join(timeout_s)
     if "items" not in out:
-        return (f"the coordinator (process 0) does not answer ({out.get('error', 'timed out')}); "
+        return (f"the coordinator (process 0) does not answer ({str(out.get('error', 'timed out'))[:200]}); "
                 "process 0 is probably gone")
     seen = {}
     for key, value in out["items"]:
@@ -139,26 +142,32 @@ def progress_report(timeout_s: float = 10.0) -> str:
     for i in range(jax.process_count()):
         v = seen.get(i)
         if v is None:
-            lines.append(f"process {i}: never reported (missing)")
+            lines.append(f"process {i}: never reported <- MISSING")
             continue
-        behind = " <- behind" if v["step"] < newest else ""
-        lines.append(f"process {i} ({v['host']} pid {v['pid']}): step {v['step']}, {v['where']}, "
-                     f"{now - v['time']:.0f} s ago{behind}")
+        flag = ""
+        if now - v["time"] > silent_after_s:
+            flag = " <- NOT RESPONDING (stopped, hung or dead)"
+        elif v["step"] < newest:
+            flag = " <- behind"
+        lines.append(f"process {i} ({v['host']} pid {v['pid']}): step {v['step']}, {v['where']} for "
+                     f"{now - v['since']:.0f} s, last heard {now - v['time']:.0f} s ago{flag}")
     return "; ".join(lines)
 
 
 class ProgressWatchdog:
     """Bounds every wait of a multi-process run. ``beat(step, where)`` at each step boundary and before
-    and after each save / eval; when no beat comes for ``timeout_s`` seconds (a collective or barrier that
-    some process never joins), prints which process is missing (from `progress_report`) and ends this
-    process with exit status 3 -- ``os._exit``, since the main thread is stuck inside a computation.
-    Does nothing in a one-process run (``timeout_s <= 0`` disables it)."""
+    each save / eval; a thread re-publishes the current activity every few seconds (so silence means
+    the whole process is stuck or gone). When no beat comes for ``timeout_s`` seconds (a collective or
+    barrier that some process never joins), it prints which process is missing (`progress_report`) and
+    ends this process with exit status 3 -- ``os._exit``, since the main thread is stuck inside a
+    computation. Does nothing in a one-process run (``timeout_s <= 0`` disables it)."""
 
     def __init__(self, timeout_s: float, enabled: bool = None):
         self.timeout_s = float(timeout_s)
         self.enabled = (jax.process_count() > 1 if enabled is None else enabled) and self.timeout_s > 0
+        self.period = min(5.0, max(0.5, self.timeout_s / 10))
         self._last = time.monotonic()
-        self._where = ("starting", 0)
+        self._where = ("starting", 0, time.time())
         self._stop = threading.Event()
         self._thread = None
         if self.enabled:
@@ -167,16 +176,17 @@ class ProgressWatchdog:
 
     def beat(self, step: int, where: str) -> None:
         self._last = time.monotonic()
-        self._where = (where, step)
+        self._where = (where, step, time.time())
         if self.enabled:
-            publish_progress(step, where)
+            publish_progress(step, where, self._where[2])
 
     def _watch(self):
-        while not self._stop.wait(min(5.0, max(0.5, self.timeout_s / 10))):
+        while not self._stop.wait(self.period):
+            where, step, since = self._where
+            publish_progress(step, where, since)  # "alive", even while the main thread waits
             idle = time.monotonic() - self._last
             if idle > self.timeout_s:
-                where, step = self._where
-                report = progress_report()
+                report = progress_report(silent_after_s=2 * self.period + 5)
                 sys.stdout.flush()
                 print(f"process {jax.process_index()}: no progress for {idle:.0f} s (> progress_timeout_s="
                       f"{self.timeout_s:.0f}) while {where} at step {step}; the processes last reported: "
