@@ -387,9 +387,10 @@ def test_budgets_and_repeats(rt_files, tiny_ckpt):
 
     config = _pvs_config(rt_files, tiny_ckpt, train_examples="60,24", min_train_steps=8, max_evals=2)
     assert pvs.budgets(config, 240) == [0.1, 0.25]
-    # 24 examples at batch 16: 2 steps a pass, 8 steps = 4 passes > max_evals=2 -> the subset twice per epoch
-    assert pvs.repeats_for(config, 24) == 2
-    assert pvs.epochs_for(config, 24, 2) * 3 >= 8        # 3 steps per epoch of 48 examples, >= 8 steps
+    # 24 examples at batch 16: 2 steps a pass, 8 steps = 4 passes > max_evals=2. Twice per epoch (48
+    # examples, 3 steps) would need 2.67 -> 3 epochs; three times (72 examples, 5 steps) 1.6 -> 2 epochs.
+    assert pvs.repeats_for(config, 24) == 3
+    assert pvs.epochs_for(config, 24, 3) == pytest.approx(8 / 5)
     assert pvs.repeats_for(config, 60) == 1               # 4 steps a pass, 2 passes <= max_evals
     for bad, message in (("0,10", "not in 1..240"), ("10,10", "twice"), ("300", "not in 1..240")):
         config.train_examples = bad
@@ -411,7 +412,7 @@ def test_pretrained_vs_scratch_lr_grid_and_probe(rt_files, tiny_ckpt, tmp_path):
         chosen = [r for r in rs if r["learning_rate"] == row["learning_rate"]]
         assert row["test"]["values"] == [r["test_metrics"]["accuracy"] for r in chosen]
     small = [r for r in result["runs"] if r["train_examples"] == 24]
-    assert all(r["repeats_per_epoch"] == 2 and len(r["history"]) <= 2 and r["steps"] >= 8 for r in small)
+    assert all(r["repeats_per_epoch"] == 3 and len(r["history"]) <= 2 and r["steps"] >= 8 for r in small)
     # The probe: one row per init x budget, C from the grid, accuracies from the real features.
     assert sorted((r["init"], r["train_examples"]) for r in result["probe_summary"]) == [
         ("pretrained", 24), ("pretrained", 60), ("scratch", 24), ("scratch", 60)]

@@ -84,8 +84,8 @@ def main_job_recipe(c):
     c.max_seq_length = 64
     c.global_batch_size = 16
     c.eval_batch_size = 256
-    c.num_epochs = 2.0
-    c.min_train_steps = 120
+    c.num_epochs = 1.0
+    c.min_train_steps = 60
     c.max_evals = 2
     c.learning_rate = 1e-4
     c.learning_rates = "1e-4,3e-4"

@@ -227,12 +227,15 @@ def learning_rates(config):
 
 def repeats_for(config, n_examples: int) -> int:
     """How often a small subset is repeated within one epoch so that a run makes at most ``max_evals`` dev
-    evaluations (one per epoch) however many passes ``min_train_steps`` asks for; 1 = no repetition."""
+    evaluations (one per epoch, the last one possibly partial) however many passes ``min_train_steps`` asks
+    for; 1 = no repetition."""
     import math
     if not config.get("max_evals"):
         return 1
-    passes = epochs_for(config, n_examples)
-    return max(1, math.ceil(passes / int(config.max_evals)))
+    reps = max(1, math.ceil(epochs_for(config, n_examples) / int(config.max_evals)))
+    while math.ceil(epochs_for(config, n_examples, reps) - 1e-9) > int(config.max_evals):
+        reps += 1
+    return reps
 
 
 def select_learning_rates(runs, metric: str, selection_seeds=None):
