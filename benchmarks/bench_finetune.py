@@ -145,7 +145,7 @@ def run_torch(seed, model_dir, data):
         model.train()
         return float((torch.cat(preds) == arrays["labels"]).float().mean())
 
-    step, best, loss_sum = 0, -1.0, 0.0
+    step, best, loss_sum, last_report = 0, -1.0, 0.0, time.time()
     model.train()
     for _ in range(math.ceil(FLAGS.num_epochs)):
         order = torch.randperm(n, generator=gen)
@@ -162,6 +162,9 @@ def run_torch(seed, model_dir, data):
             opt.zero_grad(set_to_none=True)
             losses.append(out.loss.detach())
             step += 1
+            if time.time() - last_report >= 30:
+                last_report = time.time()
+                print(f"[torch seed={seed}] step {step}/{total} ({step / (last_report - t0):.2f} steps/s)", flush=True)
         loss_sum = float(torch.stack(losses).mean())
         dev = evaluate("dev")
         if dev > best:   # best-on-dev, as bert_jax keeps (one epoch here: the last)
