@@ -304,7 +304,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for r in runs:
         r.setdefault("learning_rate", float(config.learning_rate))
     probe_runs = []
-    total, t_start = len(fractions) * len(seeds) * len(inits) * len(lrs), time.time()
+    per_cell = len(lrs) + len(seeds) - 1 if selection_seeds else len(lrs) * len(seeds)
+    total, t_start = len(fractions) * len(inits) * per_cell, time.time()
 
     def save():
         selected = select_learning_rates(runs, metric, selection_seeds)
@@ -348,11 +349,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      for name, a in encoded["train"].items()}
             for init in inits:
                 for lr in lrs:
-                    k += 1
-                    if (init, fraction, seed, lr) in done:
-                        continue
                     if selection_seeds and seed not in selection_seeds and lr != select_learning_rates(
                             runs, metric, selection_seeds)[(init, fraction)][0]:
+                        continue
+                    k += 1
+                    if (init, fraction, seed, lr) in done:
                         continue
                     run_cfg = ml_collections.ConfigDict(config.to_dict())
                     run_cfg.seeds = str(seed)
