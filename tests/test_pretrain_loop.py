@@ -124,6 +124,14 @@ def test_resume_is_bit_identical(data, tmp_path):
     for tag in ("train/loss", "train/mlm_loss", "train/nsp_loss"):
         assert [a[tag][s] for s in range(1, 7)] == [b[tag][s] for s in range(1, 7)], tag  # bit-identical
     assert full["train"]["loss"] == rest["train"]["loss"]
+    # The same command once more on the finished workdir: nothing to train, the same results.json.
+    with open(tmp_path / "b" / "results.json") as f:
+        before = json.load(f)
+    again = loop.train_and_evaluate(tiny_config(data, parallelism="jit"), str(tmp_path / "b"))
+    with open(tmp_path / "b" / "results.json") as f:
+        after = json.load(f)
+    assert again["step"] == 6 and again["eval"] == rest["eval"] != {} and after["eval"] == before["eval"]
+    assert after["train"]["loss"] == before["train"]["loss"] == rest["train"]["loss"]
 
 
 def test_pmap_and_jit_give_the_same_losses(data, tmp_path):

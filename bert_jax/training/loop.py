@@ -22,6 +22,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from typing import Any, Dict, List, Optional
@@ -499,7 +500,10 @@ def _train(config, workdir, tokenizer, bert_config, total_steps, phases, watchdo
         ckpt_lib.write_json_atomic(os.path.join(workdir, "train_config.json"), config.to_dict())
         tokenizer_dir = os.path.join(workdir, "tokenizer")
         if not ckpt_lib.is_remote(workdir) and not os.path.isdir(tokenizer_dir):
-            tokenizer.save(tokenizer_dir)
+            partial = tokenizer_dir + ".partial"  # a kill -9 mid-write leaves no half tokenizer/
+            shutil.rmtree(partial, ignore_errors=True)
+            tokenizer.save(partial)
+            os.replace(partial, tokenizer_dir)
 
     watchdog.beat(0, "opening checkpoints")
     trainer = Trainer(config, bert_config, total_steps)
@@ -509,7 +513,7 @@ def _train(config, workdir, tokenizer, bert_config, total_steps, phases, watchdo
     init_rng, train_rng = jax.random.split(rng)
 
     latest = checkpoints.latest_step()
-    data_state, start_step, saved_sums = None, 0, None
+    data_state, start_step, saved_sums, meta = None, 0, None, {}
     if latest is not None:
         watchdog.beat(0, f"restoring checkpoint {latest}")
         params, opt_state, step_arr, meta = checkpoints.restore(latest, trainer.abstract_state())
@@ -541,8 +545,13 @@ def _train(config, workdir, tokenizer, bert_config, total_steps, phases, watchdo
               f"{jax.device_count()} devices / {jax.process_count()} processes, parallelism={trainer.mode}",
               flush=True)
 
-    last_train: Dict[str, float] = {}
-    last_eval: Dict[str, float] = {}
+    # The last logged train / eval metrics travel in the checkpoint too: rerunning a finished (or
+    # killed-after-its-last-save) run's command rewrites the same results.json instead of an empty one.
+    last_train: Dict[str, float] = dict(meta.get("last_train") or {})
+    last_eval: Dict[str, float] = dict(meta.get("last_eval") or {})
+    if start_step >= total_steps and jax.process_index() == 0:
+        print(f"The run is complete ({total_steps} steps, checkpoint {checkpoints.dir}/{start_step}); "
+              "nothing to train", flush=True)
     last_saved = latest
     step = start_step
     peak = _peak_flops(config)
@@ -616,7 +625,8 @@ def _train(config, workdir, tokenizer, bert_config, total_steps, phases, watchdo
                                                             if jnp.issubdtype(train_rng.dtype, jax.dtypes.prng_key)
                                                             else train_rng).tolist(),
                             "data_state": {"phase": ph.index, "iterator": data_position},
-                            "train_sums": _sums_to_meta(trainer, acc, acc_n)}
+                            "train_sums": _sums_to_meta(trainer, acc, acc_n),
+                            "last_train": last_train, "last_eval": last_eval}
                     checkpoints.save(step, trainer.savable(state), meta, wait=stop)
                     last_saved = step
                 if stop:
