@@ -387,7 +387,8 @@ def _check_workdir_model(workdir: str, bert_config: modeling.BertConfig):
     if not ckpt_lib.is_bert_jax_dir(workdir):
         return
     saved, _ = ckpt_lib.read_marker(workdir)
-    ours = bert_config.replace(dtype=saved.dtype, remat=saved.remat)
+    # How to compute (dtype, remat, attention kernel) may change between runs; the architecture may not.
+    ours = bert_config.replace(dtype=saved.dtype, remat=saved.remat, attention_impl=saved.attention_impl)
     if saved != ours:
         diffs = [f"{f.name}: workdir {getattr(saved, f.name)!r} vs config {getattr(ours, f.name)!r}"
                  for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(ours, f.name)]
