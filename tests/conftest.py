@@ -8,3 +8,18 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pretrain_data_64(tmp_path_factory):
+    """Real pre-training records (Python docs tutorial / howto, MiniLM's vocab, seq 64, 10 predictions), made
+    once per session for the loop, crash-safety and multi-host tests."""
+    from tests.test_pretrain_loop import make_data
+
+    root = tmp_path_factory.mktemp("data64")
+    train, vocab = make_data(str(root / "train64"), 64, 10)
+    evalf, _ = make_data(str(root / "eval64"), 64, 10, subdir="howto")
+    return {"train": train, "eval": evalf, "vocab": vocab}

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import bert_jax
-from tests.test_pretrain_loop import REPO, SMALL_MODEL, _events, make_data
+from tests.test_pretrain_loop import REPO, SMALL_MODEL, _events
 
 TMP = ".orbax-checkpoint-tmp"
 STEPS = 30
@@ -33,11 +33,8 @@ RUN = dict(num_train_steps=STEPS, checkpoint_every_steps=5, log_every_steps=4, e
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    train, vocab = make_data(str(root / "train64"), 64, 10)
-    evalf, _ = make_data(str(root / "eval64"), 64, 10, subdir="howto")
-    return {"train": train, "eval": evalf, "vocab": vocab}
+def data(pretrain_data_64):
+    return pretrain_data_64
 
 
 def _command(data, workdir):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bert_jax.training import loop
-from tests.test_pretrain_loop import REPO, SMALL_MODEL, _free_port, make_data, scalars
+from tests.test_pretrain_loop import REPO, SMALL_MODEL, _free_port, scalars
 
 STEPS = dict(num_train_steps=30, checkpoint_every_steps=10, log_every_steps=5, eval_every_steps=15,
              eval_batches=2, global_batch_size=16, warmup_steps=5, learning_rate=1e-3, shuffle_buffer=100)
@@ -26,11 +26,8 @@ EVAL_TAGS = ("eval/mlm_loss", "eval/nsp_loss", "eval/mlm_accuracy", "eval/nsp_ac
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    train, vocab = make_data(str(root / "train64"), 64, 10)
-    evalf, _ = make_data(str(root / "eval64"), 64, 10, subdir="howto")
-    return {"train": train, "eval": evalf, "vocab": vocab}
+def data(pretrain_data_64):
+    return pretrain_data_64
 
 
 def config(data, mode):
