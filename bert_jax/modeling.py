@@ -28,6 +28,14 @@ Parameter tree (``params``)::
     cls/predictions/bias                      # the decoder is tied to word_embeddings
     cls/seq_relationship/{kernel,bias}
     classifier/{kernel,bias}  |  qa_outputs/{kernel,bias}   # fine-tuning heads
+
+Shape suffixes (as nanodo): ``x_BxLxH`` is an array of shape ``[B, L, H]``. The letters:
+
+    B  batch                         H  hidden size (``hidden_size``)
+    L  sequence length (queries)     N  attention heads (``num_attention_heads``)
+    K  sequence length (keys)        D  head dim (H / N)
+    P  masked positions per row      I  intermediate (MLP) size (``intermediate_size``)
+    V  vocabulary size               C  classes / labels of a head
 """
 
 from __future__ import annotations
@@ -270,55 +278,58 @@ class BertSelfAttention(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x_BxLxH, bias_Bx1x1xL, deterministic: bool):
+    def __call__(self, x_BxLxH, bias_Bx1x1xK, deterministic: bool):
         cfg = self.config
-        qkv = _dense(cfg, (3, cfg.num_attention_heads, cfg.head_dim),
-                     ("embed", None, "heads", "kv"), "qkv")(x_BxLxH)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, N, D]
+        qkv_BxLx3xNxD = _dense(cfg, (3, cfg.num_attention_heads, cfg.head_dim),
+                               ("embed", None, "heads", "kv"), "qkv")(x_BxLxH)
+        q_BxLxNxD, k_BxKxNxD, v_BxKxNxD = qkv_BxLx3xNxD[:, :, 0], qkv_BxLx3xNxD[:, :, 1], qkv_BxLx3xNxD[:, :, 2]
         if cfg.attention_impl == "splash":   # padding forms its own segment (bert_jax/ops/splash_attention.py)
             if not deterministic and cfg.attention_probs_dropout_prob > 0:
                 raise ValueError("attention_impl='splash' has no dropout on the attention probabilities: set "
                                  "attention_probs_dropout_prob=0 (--config.model.attention_probs_dropout_prob=0.0)")
             from bert_jax.ops import splash_attention
-            ctx = splash_attention.attention(q, k, v, (bias_Bx1x1xL[:, 0, 0, :] == 0).astype(jnp.int32))
+            ctx_BxLxNxD = splash_attention.attention(q_BxLxNxD, k_BxKxNxD, v_BxKxNxD,
+                                                     (bias_Bx1x1xK[:, 0, 0, :] == 0).astype(jnp.int32))
         elif not deterministic and cfg.attention_probs_dropout_prob > 0:
-            q = q / jnp.sqrt(cfg.head_dim).astype(q.dtype)
-            scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
-            probs = jax.nn.softmax(scores + bias_Bx1x1xL, axis=-1)
-            probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
-            ctx = jnp.einsum("bnqk,bknd->bqnd", probs.astype(v.dtype), v)
+            q_BxLxNxD = q_BxLxNxD / jnp.sqrt(cfg.head_dim).astype(q_BxLxNxD.dtype)
+            scores_BxNxLxK = jnp.einsum("bqnd,bknd->bnqk", q_BxLxNxD, k_BxKxNxD,
+                                        preferred_element_type=jnp.float32)
+            probs_BxNxLxK = jax.nn.softmax(scores_BxNxLxK + bias_Bx1x1xK, axis=-1)
+            probs_BxNxLxK = Dropout(cfg.attention_probs_dropout_prob)(probs_BxNxLxK, deterministic=False)
+            ctx_BxLxNxD = jnp.einsum("bnqk,bknd->bqnd", probs_BxNxLxK.astype(v_BxKxNxD.dtype), v_BxKxNxD)
         else:   # no dropout on the probabilities: the fused kernel (cuDNN flash attention on GPUs)
-            ctx = jax.nn.dot_product_attention(q, k, v, bias=bias_Bx1x1xL.astype(q.dtype))
-        out = _dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "output", axis=(-2, -1))(ctx)
-        out = Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic)
-        return LayerNorm(cfg)(out + x_BxLxH)
+            ctx_BxLxNxD = jax.nn.dot_product_attention(q_BxLxNxD, k_BxKxNxD, v_BxKxNxD,
+                                                       bias=bias_Bx1x1xK.astype(q_BxLxNxD.dtype))
+        out_BxLxH = _dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "output", axis=(-2, -1))(ctx_BxLxNxD)
+        out_BxLxH = Dropout(cfg.hidden_dropout_prob)(out_BxLxH, deterministic=deterministic)
+        return LayerNorm(cfg)(out_BxLxH + x_BxLxH)
 
 
 class BertLayer(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool):
+    def __call__(self, x_BxLxH, bias_Bx1x1xK, deterministic: bool):
         cfg = self.config
-        x = BertSelfAttention(cfg, name="attention")(x, bias, deterministic)
-        h = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x)
-        h = _ACTIVATIONS[cfg.hidden_act](h)
-        h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(h)
-        h = Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
-        return LayerNorm(cfg, name="output_LayerNorm")(h + x)
+        x_BxLxH = BertSelfAttention(cfg, name="attention")(x_BxLxH, bias_Bx1x1xK, deterministic)
+        h_BxLxI = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_BxLxH)
+        h_BxLxI = _ACTIVATIONS[cfg.hidden_act](h_BxLxI)
+        h_BxLxH = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(h_BxLxI)
+        h_BxLxH = Dropout(cfg.hidden_dropout_prob)(h_BxLxH, deterministic=deterministic)
+        return LayerNorm(cfg, name="output_LayerNorm")(h_BxLxH + x_BxLxH)
 
 
 class BertEncoder(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x, bias, deterministic: bool):
+    def __call__(self, x_BxLxH, bias_Bx1x1xK, deterministic: bool):
         layer_cls = BertLayer
         if self.config.remat:
             layer_cls = nn.remat(BertLayer, static_argnums=(3,))
         for i in range(self.config.num_hidden_layers):
-            x = layer_cls(self.config, name=f"layer_{i}")(x, bias, deterministic)
-        return x
+            x_BxLxH = layer_cls(self.config, name=f"layer_{i}")(x_BxLxH, bias_Bx1x1xK, deterministic)
+        return x_BxLxH
 
 
 def attention_bias(attention_mask, dtype=jnp.float32):
@@ -392,20 +403,11 @@ def _require_params(module: nn.Module, *names: str, pooler: bool = False) -> Non
 def add_missing_heads(model: nn.Module, params, rng=None):
     """``params`` with every parameter ``model`` has and ``params`` lacks freshly initialised (e.g. the
     pre-training heads of an encoder-only checkpoint, for continued pre-training); the ones present must
-    have the model's shapes. Returns a new tree; ``params`` is not changed."""
-    from bert_jax.convert.mapping import flatten
+    have the model's shapes (`bert_jax.convert.merge.merge_pretrained`'s rules). Returns a new tree;
+    ``params`` is not changed."""
+    from bert_jax.convert.merge import merge_pretrained
 
-    fresh = init_params(model, jax.random.PRNGKey(0) if rng is None else rng)
-    given, flat_fresh = flatten(params), flatten(fresh)
-    wrong = [f"{'/'.join(k)}: {tuple(v.shape)} vs model {tuple(flat_fresh[k].shape)}"
-             for k, v in given.items() if k in flat_fresh and tuple(v.shape) != tuple(flat_fresh[k].shape)]
-    if wrong:
-        raise ValueError("parameters do not fit the model:\n  " + "\n  ".join(wrong))
-
-    def pick(path, x):
-        key = tuple(getattr(k, "key", str(k)) for k in path)
-        return jnp.asarray(given[key], x.dtype) if key in given else x
-    return jax.tree_util.tree_map_with_path(pick, fresh)
+    return merge_pretrained(init_params(model, jax.random.PRNGKey(0) if rng is None else rng), params)
 
 
 class BertPreTrainingHeads(nn.Module):
@@ -468,9 +470,9 @@ class BertForSequenceClassification(nn.Module):
         enc = BertModel(cfg, name="bert")(input_ids, attention_mask, token_type_ids, position_ids,
                                           deterministic)
         rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
-        x = Dropout(rate)(enc.pooled_output, deterministic=deterministic)
-        logits = _dense(cfg, self.num_labels, ("embed", None), "classifier")(x)
-        return logits.astype(jnp.float32)
+        pooled_BxH = Dropout(rate)(enc.pooled_output, deterministic=deterministic)
+        logits_BxC = _dense(cfg, self.num_labels, ("embed", None), "classifier")(pooled_BxH)
+        return logits_BxC.astype(jnp.float32)
 
 
 class BertForTokenClassification(nn.Module):
@@ -486,8 +488,9 @@ class BertForTokenClassification(nn.Module):
         enc = BertModel(cfg, add_pooling_layer=False, name="bert")(
             input_ids, attention_mask, token_type_ids, position_ids, deterministic)
         rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
-        x = Dropout(rate)(enc.sequence_output, deterministic=deterministic)
-        return _dense(cfg, self.num_labels, ("embed", None), "classifier")(x).astype(jnp.float32)
+        x_BxLxH = Dropout(rate)(enc.sequence_output, deterministic=deterministic)
+        logits_BxLxC = _dense(cfg, self.num_labels, ("embed", None), "classifier")(x_BxLxH)
+        return logits_BxLxC.astype(jnp.float32)
 
 
 class BertForQuestionAnswering(nn.Module):
@@ -500,8 +503,8 @@ class BertForQuestionAnswering(nn.Module):
         cfg = self.config
         enc = BertModel(cfg, add_pooling_layer=False, name="bert")(
             input_ids, attention_mask, token_type_ids, position_ids, deterministic)
-        logits = _dense(cfg, 2, ("embed", None), "qa_outputs")(enc.sequence_output).astype(jnp.float32)
-        return QuestionAnsweringOutput(start_logits=logits[..., 0], end_logits=logits[..., 1])
+        logits_BxLx2 = _dense(cfg, 2, ("embed", None), "qa_outputs")(enc.sequence_output).astype(jnp.float32)
+        return QuestionAnsweringOutput(start_logits=logits_BxLx2[..., 0], end_logits=logits_BxLx2[..., 1])
 
 
 def init_params(model: nn.Module, rng, seq_len: int = 8, batch: int = 1) -> Any:

@@ -53,29 +53,16 @@ def build_model(config: modeling.BertConfig, kind: str, num_labels: int):
 
 
 def init_params(model, rng, pretrained: Optional[Mapping] = None, source: str = ""):
-    """Fresh parameters for ``model``; with ``pretrained`` (a `load_pretrained` tree) its encoder
-    (``pretrained["bert"]``) replaces the fresh one. Pre-training heads are dropped; a fine-tuning head
-    of the right shape is kept (re-evaluating a fine-tuned checkpoint). Shapes must match."""
-    from bert_jax.convert.mapping import flatten
+    """Fresh parameters for ``model``; with ``pretrained`` (a `load_pretrained` tree), merged by
+    `bert_jax.convert.merge.merge_pretrained`: its encoder replaces the fresh one, the pre-training heads
+    are dropped, a fine-tuning head of the model's shape is kept (re-evaluating a fine-tuned checkpoint);
+    a shape mismatch is an error."""
+    from bert_jax.convert.merge import merge_pretrained
 
     fresh = modeling.init_params(model, rng)
     if pretrained is None:
         return fresh
-    if "bert" not in pretrained:
-        raise ValueError(f"{source}: checkpoint has no encoder at params['bert']")
-    flat_fresh = flatten(fresh)
-    flat_pre = {k: v for k, v in flatten(pretrained).items() if k[0] != "cls"}
-    problems = [f"{'/'.join(k)}: checkpoint {tuple(v.shape)} vs model {tuple(flat_fresh[k].shape)}"
-                for k, v in flat_pre.items() if k in flat_fresh and tuple(v.shape) != tuple(flat_fresh[k].shape)
-                and k[0] == "bert"]
-    if problems:
-        raise ValueError(f"{source}: checkpoint does not fit the model config:\n  " + "\n  ".join(problems))
-
-    def pick(path, x):
-        key = tuple(getattr(k, "key", str(k)) for k in path)
-        v = flat_pre.get(key)
-        return jnp.asarray(v, x.dtype) if v is not None and tuple(v.shape) == tuple(x.shape) else x
-    return jax.tree_util.tree_map_with_path(pick, fresh)
+    return merge_pretrained(fresh, pretrained, source=source, drop=("cls",))
 
 
 # ----------------------------------------------------------------------------------------------
