@@ -1,15 +1,18 @@
-"""Atomic file writes: a file is either absent, the old version, or complete -- never partial.
+"""Paths: normalising them, expanding file patterns, and atomic writes.
 
-Local paths: a temporary file in the same directory, then ``os.replace``. ``gs://`` (and other URL) paths:
-``tf.io.gfile`` write to ``PATH.tmp``, then rename (object stores have no partial objects anyway).
+`expand_patterns` is the one file globber (corpora, TFRecords, tokenizer input). Atomic writes: a file is
+either absent, the old version, or complete -- never partial. Local paths: a temporary file in the same
+directory, then ``os.replace``. ``gs://`` (and other URL) paths: ``tf.io.gfile`` write to ``PATH.tmp``,
+then rename (object stores have no partial objects anyway).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
-from typing import Any, Union
+from typing import Any, List, Sequence, Union
 
 
 def is_remote(path: str) -> bool:
@@ -31,6 +34,57 @@ def normalize_path_list(spec: str) -> str:
     if not spec:
         return spec
     return ",".join(normalize_path(p.strip()) for p in str(spec).split(",") if p.strip())
+
+
+def expand_patterns(patterns: Union[str, Sequence[str]], what: str = "input files", hint: str = "") -> List[str]:
+    """The files that comma-separated paths / globs name (a list of them works too). The rules:
+
+    * ``~`` is expanded; ``**`` matches any number of directories; ``gs://`` (any URL) patterns go
+      through ``tf.io.gfile``;
+    * a directory stands for every regular file below it;
+    * the matches of each pattern are sorted by name, patterns keep the order given, and a file named
+      twice is kept once (the first time);
+    * a pattern that matches no file is a ValueError naming it (a typo must not silently drop data):
+      ``{what}='PATTERN' matches no files; {hint}``.
+    """
+    if isinstance(patterns, str):
+        patterns = patterns.split(",")
+    patterns = [p.strip() for p in patterns if p and p.strip()]
+    if not patterns:
+        raise ValueError(f"{what} is empty" + (f"; {hint}" if hint else ""))
+    files: List[str] = []
+    for pattern in patterns:
+        matched = _remote_matches(pattern) if is_remote(pattern) else _local_matches(pattern)
+        if not matched:
+            raise ValueError(f"{what}={pattern!r} matches no files" + (f"; {hint}" if hint else ""))
+        files.extend(matched)
+    return list(dict.fromkeys(files))
+
+
+def _local_matches(pattern: str) -> List[str]:
+    out = []
+    for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
+        if os.path.isdir(path):
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                out.extend(os.path.join(root, n) for n in sorted(names) if os.path.isfile(os.path.join(root, n)))
+        elif os.path.isfile(path):
+            out.append(path)
+    return out
+
+
+def _remote_matches(pattern: str) -> List[str]:
+    import tensorflow as tf
+
+    out = []
+    for path in sorted(tf.io.gfile.glob(pattern)):
+        if tf.io.gfile.isdir(path):
+            for root, dirs, names in tf.io.gfile.walk(path):
+                dirs.sort()
+                out.extend(os.path.join(root, n) for n in sorted(names))
+        else:
+            out.append(path)
+    return out
 
 
 def atomic_write(path: str, data: Union[bytes, str]) -> str:

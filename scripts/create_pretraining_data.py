@@ -142,7 +142,9 @@ def _documents(input_file, input_format, tfds_name, tfds_split, tfds_text_key, t
         return text.read_tfds_documents(tfds_name, tfds_split, tfds_text_key, tfds_data_dir, stats)
     if not input_file:
         raise ValueError("no input: pass --input_file (comma-separated globs) or --tfds_name")
-    files = text.expand_input_patterns(input_file)
+    files = fileio.expand_patterns(input_file, "--input_file",
+                                   hint="check the path/glob (comma-separated globs; a directory stands for "
+                                        "every file below it)")
     if input_format == "lines":
         return text.read_line_documents(files, stats)
     if input_format == "documents":

@@ -20,7 +20,6 @@ Input: text files, one sentence (or paragraph) per line; blank lines are skipped
 than ``--max_sentences`` lines, a uniform random sample of that many (fixed ``--seed``) is used.
 """
 
-import glob
 import io
 import json
 import os
@@ -48,22 +47,6 @@ flags.DEFINE_integer("min_frequency", 2, "WordPiece: minimum pair frequency for 
 flags.DEFINE_integer("limit_alphabet", 1000, "WordPiece: maximum number of initial characters kept.")
 flags.DEFINE_integer("seed", 0, "Seed of the line sample when the corpus exceeds --max_sentences.")
 flags.DEFINE_integer("num_threads", 0, "Trainer threads; 0 = all CPUs.")
-
-
-def expand_inputs(spec: str) -> list[str]:
-    """Sorted, de-duplicated files matched by a comma-separated list of paths/globs; SystemExit if none."""
-    files, empty = [], []
-    for pattern in (p.strip() for p in spec.split(",")):
-        if not pattern:
-            continue
-        matched = sorted(f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f))
-        (files.extend(matched) if matched else empty.append(pattern))
-    if empty:
-        raise SystemExit(f"--input_file: no files match {', '.join(repr(p) for p in empty)}")
-    files = list(dict.fromkeys(files))
-    if not files:
-        raise SystemExit(f"--input_file={spec!r} names no files")
-    return files
 
 
 def read_sentences(files: list[str], max_sentences: int, seed: int) -> tuple[list[str], int]:
@@ -157,7 +140,10 @@ def main(argv):
     if FLAGS.vocab_size <= len(tokenization.SPECIAL_TOKENS):
         raise SystemExit(f"--vocab_size must exceed the {len(tokenization.SPECIAL_TOKENS)} special tokens, "
                          f"got {FLAGS.vocab_size}")
-    files = expand_inputs(FLAGS.input_file)
+    try:
+        files = fileio.expand_patterns(FLAGS.input_file, "--input_file")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     print(f"{len(files)} input file(s); training {'WordPiece' if FLAGS.wordpiece else FLAGS.model_type} "
           f"vocab_size={FLAGS.vocab_size} lowercase={FLAGS.lowercase}", flush=True)
     sentences, n_lines = read_sentences(files, FLAGS.max_sentences, FLAGS.seed)

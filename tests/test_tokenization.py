@@ -425,7 +425,7 @@ def test_wordpiece_training_matches_hf(docs_corpus, docs_sentences, tmp_path, hf
 
 def test_train_script_bad_input(tmp_path):
     proc = _run_train(f"--input_file={tmp_path}/nothing*.txt", f"--output_prefix={tmp_path}/x")
-    assert proc.returncode != 0 and "no files match" in proc.stderr
+    assert proc.returncode != 0 and "matches no files" in proc.stderr
     (tmp_path / "blank.txt").write_text("\n\n   \n")
     proc = _run_train(f"--input_file={tmp_path}/blank.txt", f"--output_prefix={tmp_path}/x")
     assert proc.returncode != 0 and "no non-blank lines" in proc.stderr

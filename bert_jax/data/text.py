@@ -17,13 +17,11 @@ Counts go into a :class:`SourceStats`.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 import re
 from typing import Iterator, Sequence
 
 __all__ = [
-    "SourceStats", "expand_input_patterns", "split_sentences", "document_sentences",
+    "SourceStats", "split_sentences", "document_sentences",
     "read_line_documents", "read_raw_documents", "read_tfds_documents",
 ]
 
@@ -54,41 +52,6 @@ class SourceStats:
         return (f"warning: {self.lines_with_invalid_utf8:,} line(s) of the input were not valid UTF-8; their bad "
                 f"bytes were replaced by U+FFFD (first in {self.first_file_with_invalid_utf8}). Re-encode the "
                 "corpus as UTF-8 (e.g. iconv -f latin1 -t utf-8) if that was not intended.")
-
-
-def expand_input_patterns(patterns: str | Sequence[str], recursive_dirs: bool = True) -> list[str]:
-    """Files matching comma-separated globs (as the original's ``--input_file``), in a stable order.
-
-    A directory stands for every regular file below it. Each pattern must match something: a typo must not
-    silently drop part of the corpus.
-    """
-    if isinstance(patterns, str):
-        patterns = [p for p in patterns.split(",")]
-    patterns = [p.strip() for p in patterns if p and p.strip()]
-    if not patterns:
-        raise ValueError("no input given: pass --input_file (comma-separated globs) or a tfds dataset")
-    files: list[str] = []
-    for pattern in patterns:
-        matched = []
-        for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
-            if os.path.isdir(path) and recursive_dirs:
-                for root, dirs, names in os.walk(path):
-                    dirs.sort()
-                    matched.extend(os.path.join(root, n) for n in sorted(names)
-                                   if os.path.isfile(os.path.join(root, n)))
-            elif os.path.isfile(path):
-                matched.append(path)
-        if not matched:
-            raise ValueError(f"input pattern {pattern!r} matched no files; check the path/glob "
-                             "(comma-separated globs, a directory stands for all files below it)")
-        files.extend(matched)
-    seen = set()
-    unique = []
-    for f in files:
-        if f not in seen:
-            seen.add(f)
-            unique.append(f)
-    return unique
 
 
 # A sentence ends at . ! or ? (optionally followed by up to two closing quotes/brackets) when whitespace and an
