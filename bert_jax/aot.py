@@ -2,7 +2,7 @@
 
 With ``libtpu`` installed (``pip install "jax[tpu]"``), ``jax.experimental.topologies.get_topology_desc``
 describes a TPU slice by name (``v5e:2x2``, ``v4:2x2x1``, ``v5p:2x2x2``, ...) as compile-only devices; the
-pre-training `Trainer` (`bert_jax.training.loop`) and the fine-tuning `Finetuner`
+pre-training `Trainer` (`bert_jax.training.trainer`) and the fine-tuning `Finetuner`
 (`bert_jax.training.finetune`) are built over a mesh of those devices exactly as ``scripts/pretrain.py`` and
 the experiments build them, their steps are lowered with abstract arguments (``ShapeDtypeStruct`` with the
 state's and the batch's shardings) and compiled by the TPU compiler. Nothing runs. The executable tells:
@@ -182,12 +182,12 @@ def pretrain_steps(config, topo: Topology, vocab_size: int, phase: Optional[int]
     """The pre-training step of every phase of ``config`` (or only ``phase``) over ``topo``."""
     import jax.numpy as jnp
     from bert_jax import flops
-    from bert_jax.training import loop, parallel
+    from bert_jax.training import parallel, phases as phases_lib, trainer as trainer_lib
 
     set_rng_impl(config)
-    bert_config = loop.model_config(config, vocab_size)
-    total = loop.train_steps(config)
-    phases = loop.make_phases(config, total)
+    bert_config = trainer_lib.model_config(config, vocab_size)
+    total = phases_lib.train_steps(config)
+    phases = phases_lib.make_phases(config, total)
     if phase is not None:
         if not 0 <= phase < len(phases):
             raise AotError(f"--phase={phase}: the config has {len(phases)} phase(s) "
@@ -197,7 +197,7 @@ def pretrain_steps(config, topo: Topology, vocab_size: int, phase: Optional[int]
         raise AotError(f"parallelism={config.parallelism!r}: the AOT compile builds the jit + Mesh step "
                        "(--config.parallelism=jit); pmap cannot be lowered for devices that are not attached")
     with _mesh_on(topo.devices):
-        trainer = loop.Trainer(config, bert_config, total)
+        trainer = trainer_lib.Trainer(config, bert_config, total)
     state = trainer.abstract_state()
     state_bytes = _bytes_per_device((state.params, state.opt_state))
     k = int(config.grad_accum_steps)
@@ -230,10 +230,10 @@ def classification_step(config, topo: Topology, vocab_size: int, num_labels: int
     import ml_collections
     import numpy as np
     from bert_jax import flops, modeling
-    from bert_jax.training import finetune, loop, parallel
+    from bert_jax.training import finetune, parallel, trainer as trainer_lib
 
     set_rng_impl(config)
-    bert_config = loop.model_config(config, vocab_size)
+    bert_config = trainer_lib.model_config(config, vocab_size)
     B, L = int(config.global_batch_size), int(config.seq_len)
     try:
         parallel.check_batch_layout(B, 1, topo.num_devices, topo.num_hosts)

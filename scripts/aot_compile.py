@@ -97,7 +97,7 @@ def main(argv):
     except ValueError as e:   # AotError, TrainingError, BertConfig's ValueError: one line
         raise SystemExit(f"aot_compile: {e}") from None
     from bert_jax import flops
-    from bert_jax.training import loop
+    from bert_jax.training import phases as phases_lib, trainer as trainer_lib
     mesh = dict(zip(("data", "fsdp", "tensor"), steps[0].mesh.devices.shape))
     print(f"aot_compile: {FLAGS.task} BERT-{config.size} ({config.dtype}{', remat' if config.remat else ''}"
           f"{', splash attention' if steps[0].splash else ''}) on {topo.name} = {topo.num_chips} x {topo.device_kind} "
@@ -120,10 +120,10 @@ def main(argv):
         result["estimated_step_seconds"] = max(r["estimated_step_seconds"] for r in reports)
     if FLAGS.task == "pretrain" and result["fits"] and FLAGS.phase is None:
         # The whole run at these step times; FLOPs as scripts/estimate_cost.py counts them.
-        total = loop.train_steps(config)
-        phases = loop.make_phases(config, total)
+        total = phases_lib.train_steps(config)
+        phases = phases_lib.make_phases(config, total)
         seconds = sum((p.end_step - p.start_step) * r["estimated_step_seconds"] for p, r in zip(phases, reports))
-        run = flops.training_run_flops(loop.model_config(config, _vocab_size(config)), [(p.seq_len, p.end_step - p.start_step, p.global_batch_size, p.max_predictions)
+        run = flops.training_run_flops(trainer_lib.model_config(config, _vocab_size(config)), [(p.seq_len, p.end_step - p.start_step, p.global_batch_size, p.max_predictions)
                         for p in phases])
         peak = topo.per_device(flops.PEAK_BF16_FLOPS) * topo.devices_per_chip
         mfu = flops.mfu(run["total_flops"] / seconds, peak, topo.num_chips)

@@ -16,7 +16,7 @@ position), ×3 for training. Wall time = FLOPs / (chips × published bf16 peak p
 ``--phases`` items are ``SEQ_LEN:STEPS[:BATCH[:MAX_PREDICTIONS]]`` (BATCH defaults to
 ``--batch_size``, MAX_PREDICTIONS to ``--max_predictions`` or else ceil(0.15 × SEQ_LEN)). With
 ``--config`` the size, phases, batch, steps, predictions and remat come from the config file
-(``bert_jax.training.loop`` splits it into phases exactly as training does), and any of the flags
+(``bert_jax.training.phases`` splits it into phases exactly as training does), and any of the flags
 above that is given explicitly overrides it.
 """
 
@@ -100,12 +100,12 @@ def _given(name):
 
 def from_config(config, vocab_size):
     """(BertConfig, phases) of a pre-training config, both as training derives them."""
-    from bert_jax.training import loop
+    from bert_jax.training import phases as phases_lib, trainer as trainer_lib
     try:
-        total = loop.train_steps(config)
+        total = phases_lib.train_steps(config)
         phases = [(p.seq_len, p.end_step - p.start_step, p.global_batch_size, p.max_predictions)
-                  for p in loop.make_phases(config, total)]
-        return loop.model_config(config, vocab_size), phases
+                  for p in phases_lib.make_phases(config, total)]
+        return trainer_lib.model_config(config, vocab_size), phases
     except Exception as e:  # noqa: BLE001 (TrainingError, ValueError...: one clear message)
         raise SystemExit(f"--config: {e}") from None
 

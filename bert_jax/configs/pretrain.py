@@ -11,7 +11,7 @@ length 128 (20 predictions) and 10% at 512 (80 predictions) -- give the 512 data
 ``--config.phases[1].train_files``-style overrides or ``--config.train_files_512``.
 
 Durations are in natural units: ``num_train_steps``, or ``num_train_examples``, or
-``num_train_epochs`` (needs the data's ``summary.json``); `bert_jax.training.loop.train_steps`
+``num_train_epochs`` (needs the data's ``summary.json``); `bert_jax.training.phases.train_steps`
 converts them. Phases are fractions of the total.
 """
 

@@ -3,7 +3,7 @@
 Usage (what the training loop sees)::
 
     it = make_iterator("data/wiki/pretraining-*.tfrecord", batch_size=per_host_batch, max_seq_length=128,
-                       max_predictions_per_seq=20, seed=0)
+                       max_predictions_per_seq=20, seed=0, process_index=0, process_count=1)
     batch = next(it)        # dict of numpy arrays, leading dim = per-host batch:
                             #   input_ids, input_mask, segment_ids            int32 [B, max_seq_length]
                             #   masked_lm_positions, masked_lm_ids            int32 [B, max_predictions]
@@ -12,8 +12,9 @@ Usage (what the training loop sees)::
     state = it.get_state()  # small JSON-able dict; save it with the checkpoint
     it = make_iterator(..., state=state)   # or it.set_state(state): the next batches are exactly those
                                            # the uninterrupted run would have seen
-    pmap_batch = shard_for_pmap(batch)                 # [local_devices, B / local_devices, ...]
-    global_batch = to_global_arrays(batch, sharding)   # jax.Array of the global batch (multi-host)
+
+This module sees host numpy only: the caller says which slice of the global batch this host reads
+(``process_index`` / ``process_count``), and `bert_jax.training.parallel` puts batches on devices.
 
 What happens per epoch ``e`` (deterministic given ``seed``, ``e`` and the file list -- and the same global
 batches whatever the number of hosts):
@@ -50,10 +51,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from bert_jax import fileio
 from bert_jax.data import pretraining, records
 
-__all__ = ["PipelineConfig", "PretrainingIterator", "make_iterator", "list_files", "inspect_record_file",
-           "shard_for_pmap", "to_global_arrays"]
+__all__ = ["PipelineConfig", "PretrainingIterator", "make_config", "make_iterator", "check_data", "list_files",
+           "inspect_record_file"]
 
 _FILE_ORDER_TAG = 0x66696C65
 _SHUFFLE_TAG = 0x73687566
@@ -82,21 +84,9 @@ class PipelineConfig:
 
 
 def list_files(file_patterns: str | Sequence[str]) -> list[str]:
-    """Sorted, de-duplicated files matching comma-separated globs; ValueError if a pattern matches nothing."""
-    import tensorflow as tf
-
-    if isinstance(file_patterns, str):
-        file_patterns = file_patterns.split(",")
-    patterns = [p.strip() for p in file_patterns if p and p.strip()]
-    if not patterns:
-        raise ValueError("no input files given: pass TFRecord paths or globs")
-    files = set()
-    for pattern in patterns:
-        matched = [f for f in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(f)]
-        if not matched:
-            raise ValueError(f"TFRecord pattern {pattern!r} matched no files")
-        files.update(matched)
-    return sorted(files)
+    """The files of comma-separated paths / globs (`bert_jax.fileio.expand_patterns`), sorted by name:
+    the order an epoch starts from. ValueError naming a pattern that matches nothing."""
+    return sorted(fileio.expand_patterns(file_patterns, "file_patterns"))
 
 
 def inspect_record_file(path: str) -> dict[str, tuple[str, int]] | None:
@@ -126,8 +116,21 @@ def inspect_record_file(path: str) -> dict[str, tuple[str, int]] | None:
     return out
 
 
-def _validate(files: Sequence[str], cfg: PipelineConfig) -> str:
-    """Checks each file's first record against the requested lengths; returns the record kind."""
+def check_config(cfg: PipelineConfig) -> None:
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size={cfg.batch_size} must be >= 1")
+    if cfg.seed < 0:
+        raise ValueError(f"seed={cfg.seed} must be >= 0")
+    if cfg.dynamic_masking and (cfg.vocab_size is None or cfg.mask_id is None):
+        raise ValueError("dynamic_masking needs vocab_size and mask_id (pass tokenizer=...)")
+    if cfg.dynamic_masking and cfg.whole_word_mask and cfg.word_start_table is None:
+        raise ValueError("whole-word dynamic masking needs word_start_table (pass tokenizer=...)")
+
+
+def check_data(files: Sequence[str], cfg: PipelineConfig) -> str:
+    """Checks ``cfg`` and each file's first record against the requested lengths, without reading
+    further; returns the record kind (`records.MASKED` / `records.UNMASKED`)."""
+    check_config(cfg)
     kinds_seen = set()
     for path in files:
         feats = inspect_record_file(path)
@@ -172,14 +175,7 @@ class PretrainingIterator:
                  record_kind: str, state: dict | None = None):
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
-        if cfg.batch_size < 1:
-            raise ValueError(f"batch_size={cfg.batch_size} must be >= 1")
-        if cfg.seed < 0:
-            raise ValueError(f"seed={cfg.seed} must be >= 0")
-        if cfg.dynamic_masking and (cfg.vocab_size is None or cfg.mask_id is None):
-            raise ValueError("dynamic_masking needs vocab_size and mask_id (pass tokenizer=...)")
-        if cfg.dynamic_masking and cfg.whole_word_mask and cfg.word_start_table is None:
-            raise ValueError("whole-word dynamic masking needs word_start_table (pass tokenizer=...)")
+        check_config(cfg)
         self.files = list(files)
         self.cfg = cfg
         self.process_index = int(process_index)
@@ -324,75 +320,41 @@ class PretrainingIterator:
         return fn
 
 
-def make_iterator(file_patterns: str | Sequence[str], *, batch_size: int, max_seq_length: int,
-                  max_predictions_per_seq: int, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 10_000,
-                  shuffle_files: bool = True, epochs: int | None = None, dynamic_masking: bool = False,
-                  masked_lm_prob: float = 0.15, whole_word_mask: bool = False, tokenizer=None,
-                  vocab_size: int | None = None, mask_id: int | None = None, word_start_table=None,
-                  process_index: int | None = None, process_count: int | None = None, state: dict | None = None,
-                  prefetch: int = 2, cycle_length: int = 8) -> PretrainingIterator:
-    """A restorable iterator of per-host pretraining batches (see the module docstring).
-
-    Args:
-      file_patterns: TFRecord paths/globs (comma-separated string or list).
-      batch_size: examples per host per batch.
-      max_seq_length, max_predictions_per_seq: must match the records (checked on each file's first record).
-      seed: order, and dynamic masks, are a function of (seed, epoch).
-      epochs: None repeats forever.
-      dynamic_masking: draw masks on the fly (needs ``tokenizer`` or ``vocab_size`` + ``mask_id``; whole-word
-        masking also the tokenizer's ``word_start_table``).
-      process_index, process_count: this host's slice; default ``jax.process_index()/process_count()``.
-      state: resume from :meth:`PretrainingIterator.get_state`.
-    """
-    if process_index is None or process_count is None:
-        import jax
-
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
+def make_config(*, batch_size: int, max_seq_length: int, max_predictions_per_seq: int, seed: int = 0,
+                shuffle: bool = True, shuffle_buffer: int = 10_000, shuffle_files: bool = True,
+                epochs: int | None = None, dynamic_masking: bool = False, masked_lm_prob: float = 0.15,
+                whole_word_mask: bool = False, tokenizer=None, vocab_size: int | None = None,
+                mask_id: int | None = None, word_start_table=None, prefetch: int = 2,
+                cycle_length: int = 8) -> PipelineConfig:
+    """A `PipelineConfig`; ``tokenizer`` gives ``vocab_size``, ``mask_id`` and ``word_start_table``."""
     if tokenizer is not None:
         vocab_size = tokenizer.vocab_size if vocab_size is None else vocab_size
         mask_id = tokenizer.mask_id if mask_id is None else mask_id
         if word_start_table is None:
             word_start_table = tokenizer.word_start_table
-    cfg = PipelineConfig(batch_size=int(batch_size), max_seq_length=int(max_seq_length),
-                         max_predictions_per_seq=int(max_predictions_per_seq), seed=int(seed), shuffle=shuffle,
-                         shuffle_buffer=int(shuffle_buffer), shuffle_files=shuffle_files, epochs=epochs,
-                         dynamic_masking=dynamic_masking, masked_lm_prob=float(masked_lm_prob),
-                         whole_word_mask=whole_word_mask, vocab_size=vocab_size, mask_id=mask_id,
-                         word_start_table=word_start_table, prefetch=int(prefetch), cycle_length=int(cycle_length))
+    return PipelineConfig(batch_size=int(batch_size), max_seq_length=int(max_seq_length),
+                          max_predictions_per_seq=int(max_predictions_per_seq), seed=int(seed), shuffle=shuffle,
+                          shuffle_buffer=int(shuffle_buffer), shuffle_files=shuffle_files, epochs=epochs,
+                          dynamic_masking=dynamic_masking, masked_lm_prob=float(masked_lm_prob),
+                          whole_word_mask=whole_word_mask, vocab_size=vocab_size, mask_id=mask_id,
+                          word_start_table=word_start_table, prefetch=int(prefetch), cycle_length=int(cycle_length))
+
+
+def make_iterator(file_patterns: str | Sequence[str], *, process_index: int, process_count: int,
+                  state: dict | None = None, **config) -> PretrainingIterator:
+    """A restorable iterator of per-host batches (see the module docstring).
+
+    Args:
+      file_patterns: TFRecord paths/globs (comma-separated string or list).
+      process_index, process_count: this host's slice of each global batch (one host: 0, 1).
+      state: resume from :meth:`PretrainingIterator.get_state`.
+      **config: `make_config`'s arguments: ``batch_size`` (examples per host per batch),
+        ``max_seq_length`` and ``max_predictions_per_seq`` (must match the records: checked on each file's
+        first record), ``seed`` (order and dynamic masks are a function of (seed, epoch)), ``epochs``
+        (None repeats forever), ``dynamic_masking`` (draw masks on the fly; needs ``tokenizer`` or
+        ``vocab_size`` + ``mask_id``, whole-word masking also the tokenizer's ``word_start_table``), ...
+    """
+    cfg = make_config(**config)
     files = list_files(file_patterns)
-    kind = _validate(files, cfg)
+    kind = check_data(files, cfg)
     return PretrainingIterator(files, cfg, int(process_index), int(process_count), kind, state=state)
-
-
-# ------------------------------------------------------------------------------------ device layout
-def shard_for_pmap(batch: dict, num_devices: int | None = None) -> dict:
-    """Reshapes a host batch ``[B, ...]`` to ``[num_devices, B // num_devices, ...]`` (default: local devices)."""
-    if num_devices is None:
-        import jax
-
-        num_devices = jax.local_device_count()
-    out = {}
-    for name, x in batch.items():
-        x = np.asarray(x)
-        if x.shape[0] % num_devices:
-            raise ValueError(f"per-host batch {x.shape[0]} (feature {name!r}) does not divide over {num_devices} "
-                             f"local devices; use a per-host batch that is a multiple of {num_devices}")
-        out[name] = x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
-    return out
-
-
-def to_global_arrays(batch: dict, sharding) -> dict:
-    """Assembles the global batch from every host's ``batch`` with
-    ``jax.make_array_from_process_local_data(sharding, local)`` (e.g. ``NamedSharding(mesh, P("data"))``)."""
-    import jax
-
-    out = {}
-    for name, x in batch.items():
-        x = np.asarray(x)
-        try:
-            out[name] = jax.make_array_from_process_local_data(sharding, x)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"cannot place feature {name!r} (host shape {x.shape}) with {sharding}: {e}. The "
-                             "per-host batch must divide over this host's devices along the batch axis") from e
-    return out

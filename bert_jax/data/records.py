@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - google-crc32c is in requirements.txt
 __all__ = [
     "MASKED", "UNMASKED", "RECORD_KINDS", "feature_spec", "feature_kinds",
     "serialize_examples", "frame_records", "encode_records", "RecordWriter", "write_examples",
-    "crc32c", "masked_crc32c", "read_raw_records", "parse_example_bytes",
+    "crc32c", "masked_crc32c", "read_raw_records", "parse_example_bytes", "read_summaries",
 ]
 
 MASKED = "masked"
@@ -465,4 +465,25 @@ def parse_example_bytes(serialized: bytes) -> dict[str, np.ndarray]:
             out[name] = np.asarray(feat.bytes_list.value, dtype=object)
         else:
             out[name] = np.zeros((0,), dtype=np.int64)
+    return out
+
+
+def read_summaries(files) -> list[tuple[str, dict]]:
+    """The summaries scripts/create_pretraining_data.py writes beside its records (``DIR/summary.json``
+    with --output_dir, ``FILE.summary.json`` with --output_file): ``[(path, summary)]``, each summary
+    once, in the order of ``files``; records without one contribute nothing. The only reader of them."""
+    from bert_jax import fileio
+
+    def exists(path):
+        if fileio.is_remote(path):
+            import tensorflow as tf
+            return tf.io.gfile.exists(path)
+        return os.path.isfile(path)
+
+    out, seen = [], set()
+    for f in files:
+        for cand in (os.path.join(os.path.dirname(f), "summary.json"), f + ".summary.json"):
+            if cand not in seen and exists(cand):
+                seen.add(cand)
+                out.append((cand, fileio.read_json(cand)))
     return out

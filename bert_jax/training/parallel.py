@@ -249,22 +249,32 @@ def create_sharded(init_fn: Callable[[jax.Array], Any], rng, mesh: Mesh, rules) 
 
 
 def global_batch_from_host(batch, mesh: Mesh):
-    """This host's slice of the batch (numpy, [per_host, ...]) -> global arrays sharded on batch."""
+    """This host's slice of the batch (numpy, [per_host, ...]) -> global arrays sharded on batch, assembled
+    from every host's slice with ``jax.make_array_from_process_local_data``."""
     sharding = batch_sharding(mesh)
-    return jax.tree_util.tree_map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+    def put(path, x):
+        x = np.asarray(x)
+        try:
+            return jax.make_array_from_process_local_data(sharding, x)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"cannot place {jax.tree_util.keystr(path)} (host shape {x.shape}) with {sharding}: "
+                             f"{e}. The per-host batch must divide over this host's devices along the batch "
+                             "axis") from e
+    return jax.tree_util.tree_map_with_path(put, batch)
 
 
-def shard_for_pmap(batch):
-    """[per_host, ...] -> [local_devices, per_device, ...]."""
-    n = jax.local_device_count()
+def shard_for_pmap(batch, num_devices: int = None):
+    """[per_host, ...] -> [num_devices, per_host / num_devices, ...] (default: this host's devices)."""
+    n = jax.local_device_count() if num_devices is None else int(num_devices)
 
-    def split(x):
+    def split(path, x):
         x = np.asarray(x)
         if x.shape[0] % n:
-            raise ValueError(f"host batch of {x.shape[0]} is not divisible by {n} local devices")
+            raise ValueError(f"per-host batch {x.shape[0]} ({jax.tree_util.keystr(path)}) does not divide over "
+                             f"{n} local devices; use a per-host batch that is a multiple of {n}")
         return x.reshape(n, x.shape[0] // n, *x.shape[1:])
-    return jax.tree_util.tree_map(split, batch)
+    return jax.tree_util.tree_map_with_path(split, batch)
 
 
 def _local_device_sharding() -> NamedSharding:
@@ -296,6 +306,27 @@ def unreplicate(tree):
             return np.asarray(x.addressable_data(0)).reshape(x.shape[1:])
         return np.asarray(x)[0]
     return jax.tree_util.tree_map(first, tree)
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when ``flag`` is true on any (e.g. a SIGTERM: all must stop at the same
+    step). A collective in a multi-process run: every process must call it at the same step."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(np.max(multihost_utils.process_allgather(np.array([int(flag)]))))
+
+
+def read_replicated(tree):
+    """Host (numpy) copy of replicated global arrays (jit), read with ``addressable_data(0)``: no
+    computation runs (see `unreplicate`)."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def replicate_on_mesh(tree, mesh: Mesh):
+    """numpy -> global arrays replicated over ``mesh`` (the layout of psum-ed metrics under jit)."""
+    replicated = NamedSharding(mesh, P())
+    return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x), replicated), tree)
 
 
 def check_batch_layout(global_batch_size: int, grad_accum_steps: int, num_devices: int = None,
