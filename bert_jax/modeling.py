@@ -41,6 +41,7 @@ Shape suffixes (as nanodo): ``x_BxLxH`` is an array of shape ``[B, L, H]``. The 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Optional
@@ -509,10 +510,16 @@ class BertForQuestionAnswering(nn.Module):
 
 def init_params(model: nn.Module, rng, seq_len: int = 8, batch: int = 1) -> Any:
     """Random parameters (unboxed, fp32) for ``model``."""
-    ids = jnp.zeros((batch, seq_len), jnp.int32)
-    # Compiled: op-by-op initialisation of a large model is many times slower.
-    variables = jax.jit(lambda r: model.init(r, ids, deterministic=True))(rng)
+    # Compiled (op-by-op initialisation of a large model is many times slower), once per model and
+    # shape: the runs of a fine-tuning protocol initialise the same model again and again.
+    variables = _compiled_init(model, seq_len, batch)(rng)
     return nn.meta.unbox(variables["params"])
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init(model: nn.Module, seq_len: int, batch: int):
+    ids = jnp.zeros((batch, seq_len), jnp.int32)
+    return jax.jit(lambda r: model.init(r, ids, deterministic=True))
 
 
 def param_shapes(model: nn.Module, seq_len: int = 8) -> Any:
