@@ -228,7 +228,6 @@ def classification_step(config, topo: Topology, vocab_size: int, num_labels: int
     import jax
     import jax.numpy as jnp
     import ml_collections
-    import numpy as np
     from bert_jax import flops, modeling
     from bert_jax.training import finetune, parallel, trainer as trainer_lib
 
@@ -251,25 +250,15 @@ def classification_step(config, topo: Topology, vocab_size: int, num_labels: int
     for key in set(cache) - before:
         cache.pop(key)
     params = jax.eval_shape(lambda r: modeling.init_params(model, r), jax.random.PRNGKey(0))
-    params = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=ft.replicated), params)
-    opt_state = jax.eval_shape(ft.tx.init, params)
-    opt_state = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=ft.replicated),
-                                       opt_state)
+    state = ft.abstract_state(params)   # step, params, opt_state, lr_schedule: replicated
     batch = _batch_structs(ft.mesh, {
         "input_ids": ((B, L), jnp.int32), "token_type_ids": ((B, L), jnp.int32),
         "attention_mask": ((B, L), jnp.int32), "labels": ((B,), jnp.int32), "weights": ((B,), jnp.float32)})
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(ft.mesh, P()))
     model_flops = B * flops.train_flops(flops.encoder_flops_per_sequence(bert_config, L)
                                         + 2 * bert_config.hidden_size ** 2 + 2 * bert_config.hidden_size * num_labels)
-    args = (params, opt_state, batch, _rng_struct(ft.mesh), step)
-    fn = ft._train
-    if hasattr(ft, "_train_fn"):   # the jitted step takes the schedule as data (finetune.schedule_values)
-        fn = ft._train_fn
-        args += (jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
-                                                                      sharding=ft.replicated), ft.sched),)
-    return Step("classification", fn, args, ft.mesh,
-                _bytes_per_device((params, opt_state)), B, L, None, model_flops, bert_config.attention_impl == "splash")
+    return Step("classification", ft.train_step, (state, batch, _rng_struct(ft.mesh)), ft.mesh,
+                _bytes_per_device((state.params, state.opt_state)), B, L, None, model_flops,
+                bert_config.attention_impl == "splash")
 
 
 # ----------------------------------------------------------------------------------------------

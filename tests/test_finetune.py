@@ -1,4 +1,4 @@
-"""Fine-tuning: length buckets, one compilation per shape across runs, the adam_* fields."""
+"""Fine-tuning: length buckets, one compilation per shape across runs, the optimizer fields."""
 
 import jax
 import jax.numpy as jnp
@@ -124,9 +124,8 @@ def test_train_step_on_a_cut_batch_equals_the_full_batch(kind):
     assert cut["input_ids"].shape[1] == 32 and whole["input_ids"].shape[1] == L
     outs = []
     for batch in (cut, whole):
-        p = jax.device_put(jax.tree_util.tree_map(jnp.array, params), ft.replicated)
-        p, _, loss = ft._train(p, ft.init_opt_state(p), ft.put(batch), jax.random.PRNGKey(0), 0)
-        outs.append((jax.device_get(p), float(loss)))
+        state, metrics = ft.train_step(ft.init_state(params), ft.put(batch), jax.random.PRNGKey(0))
+        outs.append((jax.device_get(state.params), float(metrics["loss"])))
     assert outs[0][1] == pytest.approx(outs[1][1], rel=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(outs[0][0]), jax.tree_util.tree_leaves(outs[1][0])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -143,13 +142,13 @@ def test_runs_of_a_protocol_compile_once_per_shape():
                                  cfg_for(learning_rate=lr, num_epochs=2.0), seed=seed)
     first = run(1e-3, 0)
     ft = first.finetuner
-    sizes = (ft._train_fn._cache_size(), ft._predict._cache_size(), ft._init._cache_size())
+    sizes = (ft.train_step._cache_size(), ft._predict._cache_size(), ft._init._cache_size())
     widths = {b["input_ids"].shape[1] for b, _ in finetune.iterate_batches(
         train, 8, np.random.default_rng(0), buckets=finetune.bucket_lengths(L))}
     assert sizes[0] == len(widths) > 1
     second = run(3e-4, 1)
-    assert second.finetuner._train_fn is ft._train_fn
-    assert (ft._train_fn._cache_size(), ft._predict._cache_size(), ft._init._cache_size()) == sizes
+    assert second.finetuner.train_step is ft.train_step
+    assert (ft.train_step._cache_size(), ft._predict._cache_size(), ft._init._cache_size()) == sizes
     leaves = zip(jax.tree_util.tree_leaves(first.params), jax.tree_util.tree_leaves(second.params))
     assert any(not np.allclose(a, b) for a, b in leaves)
 
@@ -184,3 +183,25 @@ def test_adam_fields_are_honoured():
                               cfg_for(learning_rate=1e-2, warmup_proportion=0.0, weight_decay=0.1), seed=7)
     assert any(not np.allclose(a, b, atol=1e-5) for a, b in
                zip(jax.tree_util.tree_leaves(other.params), jax.tree_util.tree_leaves(p)))
+
+
+def test_each_optimizer_field_of_an_experiment_config_changes_the_result(tmp_path):
+    """adam_b1 / adam_b2 / adam_eps / weight_decay / grad_clip_norm set in an experiment's config reach the
+    optimizer through `run_protocol` (the path every experiment takes): each changes the trained
+    parameters, and `FinetuneOptions.from_config` reads each."""
+    train, dev = make_arrays(16, seed=5), make_arrays(8, seed=6)
+    base = ml_collections.ConfigDict(dict(learning_rate=1e-2, learning_rates="", seeds="0", num_epochs=1.0,
+                                          global_batch_size=8, eval_batch_size=16, warmup_proportion=0.0,
+                                          weight_decay=0.01, task="unused_by_the_protocol"))
+
+    def trained(workdir, **overrides):
+        config = ml_collections.ConfigDict(base.to_dict())
+        config.update(overrides)
+        assert all(getattr(finetune.FinetuneOptions.from_config(config), k) == v for k, v in overrides.items())
+        res = finetune.run_protocol(config, str(workdir), CONFIG, None, "classification", 3, train, dev,
+                                    lambda out: {"acc": 0.0}, "acc", task="t")
+        return jax.tree_util.tree_leaves(res.best_params)
+    default = trained(tmp_path / "default")
+    for field, value in dict(adam_b1=0.5, adam_b2=0.7, adam_eps=1e-2, weight_decay=0.5, grad_clip_norm=1e-3).items():
+        changed = trained(tmp_path / field, **{field: value})
+        assert any(not np.array_equal(a, b) for a, b in zip(default, changed)), field

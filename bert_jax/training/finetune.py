@@ -1,37 +1,51 @@
-"""Fine-tuning: pure steps for the task heads and a small epoch loop with best-on-dev selection.
+"""Fine-tuning: the task heads' train step, a small epoch loop with best-on-dev selection, and the
+lr x seed protocol the experiments share.
 
 Shared by every experiment in ``experiments/`` (classification, regression, token classification,
 question answering): the experiments own their data and metrics; this module owns the optimisation.
-It runs under ``jax.jit`` over the same ``("data", "fsdp", "tensor")`` mesh as pre-training, so one
-device or many use the same code.
+The step is `step.make_finetune_step` -- ``(state, batch, rng) -> (state, metrics)`` over the same
+`step.TrainState` as pre-training -- under ``jax.jit`` over the ``("data", "fsdp", "tensor")`` mesh, so
+one device or many use the same code.
 
 Batches are dicts of numpy arrays: ``input_ids``, ``token_type_ids``, ``attention_mask`` [B, L],
 ``weights`` [B] (0 for padding rows, so every batch of a bucket has the same shape), and the labels of
 the head: ``labels`` [B] (class id or float score) / [B, L] (token tags, -100 ignored), or
 ``start_positions`` / ``end_positions`` [B] for question answering. L is one of a few bucket lengths
 (`bucket_lengths`): each shape compiles once per process, shared by every run of the lr x seed
-protocol (the learning-rate schedule is an argument of the step, not a constant in it).
+protocol (the learning-rate schedule is data in the state, not a constant in the step).
+
+Checkpoints, as in pre-training: a run given a ``run_dir`` (every run of `run_protocol`) saves Orbax
+checkpoints there every ``checkpoint_every_steps`` -- the state, the data order (the numpy rng state at
+the epoch's start and the batches done), the epoch's losses so far, the history, the best dev metrics
+and parameters -- and resumes from the newest one, bit-identical to an uninterrupted run. SIGTERM (or
+``max_steps_this_run``) saves at the next step boundary and raises `Preempted` (exit status 0); the same
+command resumes. A finished run of the protocol leaves ``result.json`` and is not trained again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 import math
+import os
+import shutil
 import time
-from typing import Callable, Dict, Mapping, Optional
+import types
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from bert_jax import modeling
-from bert_jax.training import optim, parallel
+from bert_jax.training import checkpointing, optim, parallel, preemption, step as step_lib
 
-KINDS = ("classification", "regression", "token", "qa")
+KINDS = step_lib.FINETUNE_KINDS
 INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
-IGNORE_INDEX = -100
+IGNORE_INDEX = step_lib.IGNORE_INDEX
 
 
 _PROGRESS_EVERY_S = 30.0   # fine-tuning prints a progress line at least this often within an epoch
@@ -66,38 +80,13 @@ def init_params(model, rng, pretrained: Optional[Mapping] = None, source: str = 
 
 
 # ----------------------------------------------------------------------------------------------
-# Losses and steps
+# Losses (the step and the losses live in `step`)
 # ----------------------------------------------------------------------------------------------
 
-def _forward(model, params, batch, deterministic, rng=None):
-    return model.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
-                       token_type_ids=batch["token_type_ids"], deterministic=deterministic,
-                       rngs=None if deterministic else {"dropout": rng})
-
-
-def _weighted_ce(logits, labels, weights):
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    safe = jnp.where(labels < 0, 0, labels).astype(jnp.int32)
-    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-    return jnp.sum(nll * weights), jnp.sum(weights)
-
-
-def loss_sums(kind: str, outputs, batch):
-    """(sum of losses, sum of weights) for one batch."""
-    w = batch["weights"].astype(jnp.float32)
-    if kind == "classification":
-        return _weighted_ce(outputs, batch["labels"], w)
-    if kind == "regression":
-        err = (outputs[:, 0] - batch["labels"].astype(jnp.float32)) ** 2
-        return jnp.sum(err * w), jnp.sum(w)
-    if kind == "token":
-        tok_w = (batch["labels"] != IGNORE_INDEX).astype(jnp.float32) * w[:, None]
-        return _weighted_ce(outputs, batch["labels"], tok_w)
-    if kind == "qa":
-        s, n = _weighted_ce(outputs.start_logits, batch["start_positions"], w)
-        e, _ = _weighted_ce(outputs.end_logits, batch["end_positions"], w)
-        return (s + e) / 2.0, n
-    raise ValueError(f"kind={kind!r}")
+_forward = step_lib.finetune_forward
+loss_sums = step_lib.finetune_loss_sums
+schedule_values = step_lib.schedule_values
+learning_rate_at = step_lib.learning_rate_at
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,11 +163,12 @@ def _make_batch(arrays, idx, batch_size, L, keys):
 
 
 def iterate_batches(arrays: Mapping[str, np.ndarray], batch_size: int, rng: Optional[np.random.Generator] = None,
-                    keys=None, buckets=(), with_index: bool = False):
+                    keys=None, buckets=(), with_index: bool = False, skip: int = 0):
     """Yields ``(batch, number of real rows)`` (``with_index``: and the rows' example indices): fixed-size
     batches (the last one padded with weight-0 rows), shuffled when ``rng`` is given. With ``buckets`` (see
     `bucket_lengths`) batches are formed within length buckets, cut to the bucket's length, and their order
-    is shuffled too. Every example is in exactly one batch; the same rng state gives the same batches."""
+    is shuffled too. Every example is in exactly one batch; the same rng state gives the same batches.
+    ``skip``: leave out the first batches (a resumed epoch); the rng is drawn from as without."""
     n = len(arrays["input_ids"])
     full_L = np.shape(arrays["input_ids"])[1]
     keys = keys or [k for k in arrays if k not in ("idx",)]
@@ -189,7 +179,7 @@ def iterate_batches(arrays: Mapping[str, np.ndarray], batch_size: int, rng: Opti
             batches = [batches[i] for i in rng.permutation(len(batches))]
     else:
         batches = [(full_L, order[s:s + batch_size]) for s in range(0, n, batch_size)]
-    for L, idx in batches:
+    for L, idx in batches[skip:]:
         batch = _make_batch(arrays, idx, batch_size, L, keys)
         yield (batch, len(idx), idx) if with_index else (batch, len(idx))
 
@@ -197,40 +187,6 @@ def iterate_batches(arrays: Mapping[str, np.ndarray], batch_size: int, rng: Opti
 # ----------------------------------------------------------------------------------------------
 # Compiled steps, shared across runs
 # ----------------------------------------------------------------------------------------------
-
-def schedule_values(opt_cfg) -> np.ndarray:
-    """The learning-rate schedule of `optim.make_schedule` as data, ``[peak, warmup, total, end, power]``:
-    the train step takes it as an argument, so runs with another learning rate or length do not compile."""
-    return np.asarray([float(opt_cfg.learning_rate), int(opt_cfg.warmup_steps), int(opt_cfg.num_train_steps),
-                       float(opt_cfg.get("end_learning_rate", 0.0)), float(opt_cfg.get("decay_power", 1.0))],
-                      np.float32)
-
-
-def learning_rate_at(sched, step):
-    """`optim.make_schedule`'s value at ``step`` (linear warmup, then polynomial decay) from `schedule_values`."""
-    peak, warmup, total, end, power = (sched[i] for i in range(5))
-    s = jnp.asarray(step, jnp.float32)
-    decay_steps = jnp.maximum(total - warmup, 1.0)
-    frac = 1.0 - jnp.clip(s - warmup, 0.0, decay_steps) / decay_steps
-    return jnp.where(s < warmup, peak * s / jnp.maximum(warmup, 1.0), (peak - end) * frac ** power + end)
-
-
-def make_train_step(model, kind: str, tx: optax.GradientTransformation):
-    """``(params, opt_state, batch, rng, step, sched) -> (params, opt_state, loss)``; jit it (donate 0, 1).
-    ``tx`` has a unit learning rate; the update is scaled by ``learning_rate_at(sched, step)``."""
-    def train_step(params, opt_state, batch, rng, step, sched):
-        rng = jax.random.fold_in(rng, step)
-
-        def loss_fn(p):
-            total, count = loss_sums(kind, _forward(model, p, batch, False, rng), batch)
-            return total / jnp.maximum(count, 1e-6)
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        lr = learning_rate_at(sched, step)
-        updates = jax.tree_util.tree_map(lambda u: u * lr.astype(u.dtype), updates)
-        return optax.apply_updates(params, updates), opt_state, loss
-    return train_step
-
 
 def make_predict_step(model):
     def predict_step(params, batch):
@@ -252,7 +208,7 @@ def _compiled(model, kind: str, opt_cfg, mesh_shape) -> dict:
     structure = tuple((name, opt_cfg.get(name, default)) for name, default in _OPT_FIELDS)
     key = (type(model), model.config, getattr(model, "num_labels", None), kind, structure, tuple(mesh_shape))
     if key not in _COMPILED:
-        # Unit learning rate: a constant schedule (from 1.0 to 1.0); the real one is applied in the step.
+        # Unit learning rate: a constant schedule (from 1.0 to 1.0); the state's lr_schedule scales the update.
         unit = ml_collections.ConfigDict(dict(structure, learning_rate=1.0, end_learning_rate=1.0,
                                               num_train_steps=1, warmup_steps=0))
         tx = optim.make_optimizer(unit)
@@ -260,11 +216,117 @@ def _compiled(model, kind: str, opt_cfg, mesh_shape) -> dict:
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         _COMPILED[key] = dict(
             tx=tx, mesh=mesh, replicated=replicated,
-            train=jax.jit(make_train_step(model, kind, tx), donate_argnums=(0, 1)),
+            train=jax.jit(step_lib.make_finetune_step(model, kind), donate_argnums=(0,)),
             predict=jax.jit(make_predict_step(model)),
             # Placed like the train step's outputs, so its second call does not compile a second time.
             init=jax.jit(tx.init, out_shardings=replicated))
     return _COMPILED[key]
+
+
+# ----------------------------------------------------------------------------------------------
+# Options: what fine-tuning and the protocol read from an experiment's config
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneOptions:
+    """Every field `finetune` and `run_protocol` read; `from_config` takes them from any experiment's
+    config (missing fields keep these defaults), so no experiment needs fields it does not use."""
+    learning_rate: float = 5e-5
+    num_epochs: float = 3.0             # fractional: the last epoch stops early
+    global_batch_size: int = 32
+    eval_batch_size: int = 256
+    warmup_proportion: float = 0.1
+    weight_decay: float = 0.01
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-6
+    grad_clip_norm: float = 1.0         # 0 disables clipping
+    early_stopping_patience: int = 0    # epochs without dev gain before stopping (0: never)
+    mesh_shape: tuple = (-1, 1, 1)
+    length_buckets: Any = None          # see `bucket_lengths`
+    # The protocol
+    learning_rates: tuple = ()          # the sweep; empty: (learning_rate,)
+    seeds: tuple = (0,)
+    init_checkpoint: str = ""           # recorded (and named in errors); the weights come as an argument
+    save_best_model: bool = False       # best run's params -> workdir/best_model
+    # Checkpoints
+    checkpoint_every_steps: int = 1000  # 0: only on SIGTERM / max_steps_this_run
+    max_steps_this_run: int = 0         # >0: stop (saving) after this many steps in this process; 0: no limit
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> "FinetuneOptions":
+        """From an experiment's ConfigDict (or a dict, or options); ``learning_rates`` / ``seeds`` may be
+        comma-separated strings."""
+        if isinstance(config, cls):
+            return dataclasses.replace(config, **overrides)
+        values = {}
+        for f in dataclasses.fields(cls):
+            v = config.get(f.name, None)
+            if v is None or (f.name in ("learning_rates", "seeds") and not str(v).strip(" ,()[]")):
+                continue
+            default = f.default
+            if f.name in ("learning_rates", "seeds"):
+                v = tuple(parse_list(v, float if f.name == "learning_rates" else int))
+            elif f.name == "mesh_shape":
+                v = tuple(int(x) for x in v)
+            elif f.name == "length_buckets":
+                v = tuple(v) if isinstance(v, list) else v
+            elif isinstance(default, bool):
+                v = bool(v)
+            elif isinstance(default, (int, float, str)):
+                v = type(default)(v)
+            values[f.name] = v
+        values.update(overrides)
+        return cls(**values)
+
+
+# Fields that do not change a run's result (so a finished or checkpointed run stays valid without them).
+_NOT_IN_FINGERPRINT = ("learning_rate", "learning_rates", "seeds", "save_best_model", "checkpoint_every_steps",
+                       "max_steps_this_run")
+
+
+def _plain_json(x):
+    """``x`` as it reads back from JSON (numpy scalars -> Python numbers, tuples -> lists): what a
+    checkpoint or result.json gives back, so a resumed run holds the same values as an uninterrupted one."""
+    return json.loads(json.dumps(x, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+
+
+def run_fingerprint(opts: FinetuneOptions, kind: str, num_labels: int, model_config: modeling.BertConfig,
+                    train: Mapping[str, np.ndarray], dev: Mapping[str, np.ndarray]) -> dict:
+    """What a run's result depends on besides its learning rate and seed: the options, the head, the model
+    config and a digest of the train and dev arrays. A saved run is reused only when it matches."""
+    digest = hashlib.sha256()
+    for split, arrays in (("train", train), ("dev", dev)):
+        for key in sorted(arrays):
+            a = np.ascontiguousarray(np.asarray(arrays[key]))
+            digest.update(f"{split}/{key}:{a.dtype.str}:{a.shape};".encode())
+            digest.update(a.tobytes())
+    options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name not in _NOT_IN_FINGERPRINT}
+    return _plain_json({"kind": kind, "num_labels": int(num_labels), "model_config": model_config.to_hf_dict(),
+                        "options": options, "data_sha256": digest.hexdigest()})
+
+
+def _check_fingerprint(saved, fingerprint, where: str):
+    if fingerprint is None or saved == fingerprint:
+        return
+    saved = saved or {}
+    diffs = sorted({k for k in set(saved) | set(fingerprint) if k != "options" and saved.get(k) != fingerprint.get(k)}
+                   | {f"options.{k}" for k in set(saved.get("options", {})) | set(fingerprint.get("options", {}))
+                      if saved.get("options", {}).get(k) != fingerprint.get("options", {}).get(k)})
+    raise ValueError(f"{where} holds a run made with other settings ({', '.join(diffs) or 'unknown'} differ); "
+                     "use a new --workdir, or delete it to start that run again")
+
+
+def optimizer_config(opts: FinetuneOptions, num_examples: int) -> ml_collections.ConfigDict:
+    """The `optim` config of a run over ``num_examples``: ``num_epochs`` of steps, ``warmup_proportion``
+    of them warming up, AdamW with the options' fields."""
+    steps_per_epoch = math.ceil(num_examples / int(opts.global_batch_size))
+    total = max(1, int(round(float(opts.num_epochs) * steps_per_epoch)))
+    return ml_collections.ConfigDict(dict(
+        learning_rate=float(opts.learning_rate), num_train_steps=total,
+        warmup_steps=int(round(float(opts.warmup_proportion) * total)),
+        weight_decay=float(opts.weight_decay), optimizer="adamw", adam_b1=float(opts.adam_b1),
+        adam_b2=float(opts.adam_b2), adam_eps=float(opts.adam_eps), grad_clip_norm=float(opts.grad_clip_norm)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,33 +337,59 @@ def _compiled(model, kind: str, opt_cfg, mesh_shape) -> dict:
 class FinetuneResult:
     best_metrics: Dict[str, float]      # dev metrics of the best epoch (by main_metric)
     best_epoch: int
-    history: list                       # per epoch: {"epoch", "train_loss", "dev": {...}}
+    history: list                       # per epoch: {"epoch", "step", "train_loss", "dev": {...}}
     steps: int
     params: object                      # the best parameters (host numpy)
     seconds: float
     finetuner: "Finetuner" = None       # compiled predict for the best parameters
+    steps_run: int = 0                  # steps trained in this call (fewer than ``steps`` after a resume)
+
+
+class Preempted(SystemExit):
+    """Fine-tuning saved a checkpoint on SIGTERM (or at ``max_steps_this_run``) and stopped: the process
+    ends with status 0 (a SystemExit with code 0); running the same command again resumes."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(0)
+        self.message = message
 
 
 class Finetuner:
     """Compiled fine-tuning steps for one model + optimizer, on all devices (data parallel). Finetuners of
     the same model config, kind, optimizer structure and mesh share their compiled functions.
 
-    ``buckets``: the length buckets of `predict` (and of `finetune`'s batches), see `bucket_lengths`;
-    None: the defaults up to the arrays' length; ``()``: every batch at the full length."""
+    ``train_step(state, batch, rng) -> (state, {"loss", "learning_rate"})`` (jitted, the state donated);
+    `init_state` makes the state. ``buckets``: the length buckets of `predict` (and of `finetune`'s
+    batches), see `bucket_lengths`; None: the defaults up to the arrays' length; ``()``: every batch at
+    the full length."""
 
     def __init__(self, model, kind: str, opt_cfg: ml_collections.ConfigDict, mesh_shape=(-1, 1, 1), buckets=None):
         self.model, self.kind, self.buckets = model, kind, buckets
         self.schedule = optim.make_schedule(opt_cfg)          # host side, for the logs
-        self.sched = schedule_values(opt_cfg)
+        self.lr_schedule = schedule_values(opt_cfg)
         fns = _compiled(model, kind, opt_cfg, mesh_shape)
         self.tx, self.mesh, self.replicated = fns["tx"], fns["mesh"], fns["replicated"]
-        self._train_fn, self._predict, self._init = fns["train"], fns["predict"], fns["init"]
-
-    def _train(self, params, opt_state, batch, rng, step):
-        return self._train_fn(params, opt_state, batch, rng, step, self.sched)
+        self.train_step, self._predict, self._init = fns["train"], fns["predict"], fns["init"]
 
     def init_opt_state(self, params):
         return self._init(params)
+
+    def init_state(self, params) -> step_lib.TrainState:
+        """Step 0 with ``params`` (host or device arrays; the step donates the state, so device arrays are
+        copied, never given away), replicated over the mesh."""
+        params = jax.device_put(jax.tree_util.tree_map(
+            lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, params), self.replicated)
+        return step_lib.TrainState(step=jax.device_put(np.zeros((), np.int32), self.replicated), params=params,
+                                   opt_state=self._init(params), tx=self.tx,
+                                   lr_schedule=jax.device_put(self.lr_schedule, self.replicated))
+
+    def abstract_state(self, params) -> step_lib.TrainState:
+        """ShapeDtypeStructs (replicated) of `init_state`'s state for ``params`` (arrays or structs)."""
+        shapes = jax.eval_shape(lambda p: step_lib.TrainState(
+            step=jnp.zeros((), jnp.int32), params=p, opt_state=self.tx.init(p), tx=self.tx,
+            lr_schedule=jnp.zeros(np.shape(self.lr_schedule), jnp.float32)), params)
+        return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
+                                      shapes)
 
     def put(self, batch):
         return parallel.global_batch_from_host(batch, self.mesh)
@@ -337,87 +425,172 @@ def kind_is_positional(kind: str) -> bool:
     return kind in ("token", "qa")
 
 
+@dataclasses.dataclass
+class _Progress:
+    """Where a run is, besides its TrainState: what a checkpoint's meta holds."""
+    epoch: int = 0                       # the epoch in progress (0-based)
+    batch: int = 0                       # its batches done
+    epoch_rng: Optional[dict] = None     # the numpy data-order rng state at its start
+    epoch_losses: list = dataclasses.field(default_factory=list)   # its train losses so far (float32 values)
+    history: list = dataclasses.field(default_factory=list)
+    best: Optional[dict] = None
+    best_epoch: int = -1
+    seconds: float = 0.0
+
+
+def _save(checkpoints, step: int, state, progress: _Progress, best_params, fingerprint, wait: bool):
+    """A checkpoint at ``step``: the state, the best parameters (the current ones until the first epoch
+    ends: a placeholder, so every checkpoint has the same items) and the progress as JSON."""
+    saved = types.SimpleNamespace(   # `checkpointing.Checkpoints` writes .params, (.opt_state, .step), meta
+        params=state.params, step=state.step,
+        opt_state={"opt_state": state.opt_state, "best_params": state.params if best_params is None else best_params})
+    meta = {"step": step, "fingerprint": fingerprint,
+            **{f.name: getattr(progress, f.name) for f in dataclasses.fields(_Progress)}}
+    checkpoints.save(step, saved, meta, wait=wait)
+
+
+def _restore(checkpoints, ft: Finetuner, state, fingerprint, label: str):
+    step = checkpoints.latest_step()
+    abstract = ft.abstract_state(state.params)
+    bundle = types.SimpleNamespace(params=abstract.params, step=abstract.step,
+                                   opt_state={"opt_state": abstract.opt_state, "best_params": abstract.params})
+    params, opt_state, step_arr, meta = checkpoints.restore(step, bundle)
+    _check_fingerprint(meta.get("fingerprint"), fingerprint, checkpoints.dir)
+    progress = _Progress(**{f.name: meta[f.name] for f in dataclasses.fields(_Progress)})
+    best_params = jax.device_get(opt_state["best_params"]) if progress.best_epoch >= 0 else None
+    state = state.replace(step=step_arr, params=params, opt_state=opt_state["opt_state"])
+    if jax.process_index() == 0:
+        print(f"{label} resuming from step {int(meta['step'])} (epoch {progress.epoch + 1}, {checkpoints.dir})",
+              flush=True)
+    return state, progress, best_params, int(meta["step"])
+
+
 def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Mapping[str, np.ndarray],
              evaluate: Callable[[np.ndarray], Dict[str, float]], main_metric: str, cfg, seed: int = 0,
-             writer=None, label: str = "") -> FinetuneResult:
+             writer=None, label: str = "", run_dir: Optional[str] = None, max_steps: Optional[int] = None,
+             fingerprint: Optional[dict] = None, preempt: Optional[preemption.PreemptionFlag] = None
+             ) -> FinetuneResult:
     """Trains for ``cfg.num_epochs`` epochs; after each, ``evaluate(dev_outputs)`` gives dev metrics; the
     best epoch by ``main_metric`` (higher is better) is kept; stops early after
     ``cfg.early_stopping_patience`` epochs without improvement (0: never).
 
-    cfg: learning_rate, num_epochs, global_batch_size, warmup_proportion, weight_decay, eval_batch_size
-    (default 256), [grad_clip_norm, adam_b1, adam_b2, adam_eps, mesh_shape, length_buckets (default
-    `DEFAULT_BUCKETS` up to the arrays' length; "none": pad every batch to it)]."""
+    ``cfg``: `FinetuneOptions` or a config with its fields (learning_rate, num_epochs, global_batch_size,
+    warmup_proportion, weight_decay, adam_b1, adam_b2, adam_eps, grad_clip_norm, eval_batch_size,
+    early_stopping_patience, mesh_shape, length_buckets, checkpoint_every_steps).
+
+    ``run_dir``: checkpoints in ``run_dir/checkpoints`` (`checkpointing.Checkpoints`); a checkpoint found there is
+    resumed (its ``fingerprint``, when given, must match). SIGTERM, or ``max_steps`` steps in this call,
+    saves at the next step boundary and raises `Preempted` (``preempt``: a SIGTERM flag the caller holds
+    over several runs; default: one for this run). The caller removes ``run_dir/checkpoints`` once it has
+    kept the result."""
+    opts = FinetuneOptions.from_config(cfg)
     n = len(train["input_ids"])
     if n == 0:
         raise ValueError("the training set is empty")
-    bs = int(cfg.global_batch_size)
+    bs = int(opts.global_batch_size)
     if bs % jax.device_count():
         raise ValueError(f"global_batch_size={bs} must be divisible by the {jax.device_count()} devices")
-    steps_per_epoch = math.ceil(n / bs)
-    total = max(1, int(round(float(cfg.num_epochs) * steps_per_epoch)))
-    opt_cfg = ml_collections.ConfigDict(dict(
-        learning_rate=float(cfg.learning_rate), num_train_steps=total,
-        warmup_steps=int(round(float(cfg.get("warmup_proportion", 0.1)) * total)),
-        weight_decay=float(cfg.get("weight_decay", 0.01)), optimizer="adamw",
-        adam_b1=float(cfg.get("adam_b1", 0.9)), adam_b2=float(cfg.get("adam_b2", 0.999)),
-        adam_eps=float(cfg.get("adam_eps", 1e-6)), grad_clip_norm=float(cfg.get("grad_clip_norm", 1.0))))
-    ft = Finetuner(model, kind, opt_cfg, cfg.get("mesh_shape", (-1, 1, 1)), buckets=cfg.get("length_buckets"))
-    # The step donates its parameters: a copy of the caller's where they are already device arrays.
-    params = jax.device_put(jax.tree_util.tree_map(
-        lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, params), ft.replicated)
-    opt_state = ft.init_opt_state(params)
+    opt_cfg = optimizer_config(opts, n)
+    total = int(opt_cfg.num_train_steps)
+    ft = Finetuner(model, kind, opt_cfg, opts.mesh_shape, buckets=opts.length_buckets)
+    state = ft.init_state(params)
     rng = jax.random.PRNGKey(seed)
     np_rng = np.random.default_rng(seed)
-    eval_bs = int(cfg.get("eval_batch_size", 256))
+    eval_bs = int(opts.eval_batch_size)
     # QA's loss is a softmax over every position, padding included (as the original and HF): cutting
     # the padding would change it, so QA trains at the full length (SQuAD windows mostly fill it anyway).
     train_buckets = () if kind == "qa" else ft._buckets_for(train)
-    patience = int(cfg.get("early_stopping_patience", 0))
+    patience = int(opts.early_stopping_patience)
+    every = int(opts.checkpoint_every_steps)
 
-    best, best_epoch, best_params, history, step = None, -1, None, [], 0
+    progress, best_params, step = _Progress(), None, 0
+    checkpoints = checkpointing.Checkpoints(run_dir, keep=1) if run_dir else None
+    if checkpoints is not None and checkpoints.latest_step() is not None:
+        state, progress, best_params, step = _restore(checkpoints, ft, state, fingerprint, label)
+    history, best, best_epoch = progress.history, progress.best, progress.best_epoch
+    start_step, steps_run, seconds_before = step, 0, progress.seconds
     t_start = last_report = time.time()
-    epochs = math.ceil(float(cfg.num_epochs))
-    for epoch in range(epochs):
-        losses = []
-        for batch, _ in iterate_batches(train, bs, np_rng, buckets=train_buckets):
+    epochs = math.ceil(float(opts.num_epochs))
+    # Several processes decide together whether to stop (every 10 steps); one process at every step.
+    check_every = 1 if jax.process_count() == 1 else 10
+    with contextlib.ExitStack() as stack:
+        if checkpoints is not None:
+            stack.callback(checkpoints.close)
+            if preempt is None:
+                preempt = stack.enter_context(preemption.PreemptionFlag())
+        for epoch in range(progress.epoch, epochs):
+            if progress.epoch_rng is not None:   # resuming within this epoch: the same batches, in order
+                np_rng.bit_generator.state = progress.epoch_rng
+            epoch_rng, done, done_losses = np_rng.bit_generator.state, progress.batch, progress.epoch_losses
+            losses = []
+            for batch, _ in iterate_batches(train, bs, np_rng, buckets=train_buckets, skip=done):
+                if step >= total:
+                    break
+                # No host synchronisation: the losses stay on the device until the epoch's end (or a report).
+                state, metrics = ft.train_step(state, ft.put(batch), rng)
+                losses.append(metrics["loss"])
+                step += 1
+                steps_run += 1
+                now = time.time()
+                if now - last_report >= _PROGRESS_EVERY_S and step < total:   # long epochs: progress between
+                    last_report = now
+                    rate = (step - start_step) / (now - t_start)
+                    print(f"{label} epoch {epoch + 1}/{epochs} step {step}/{total} train_loss "
+                          f"{float(np.mean(jax.device_get(losses[-20:]))):.4f} (last 20) ({rate:.1f} steps/s, "
+                          f"ETA {(total - step) / rate:.0f}s)", flush=True)
+                if checkpoints is None:
+                    continue
+                stop = parallel.any_process(preempt.requested) if step % check_every == 0 else False
+                paused = max_steps is not None and steps_run >= max_steps and step < total
+                if stop or paused or (every and step % every == 0):
+                    progress = dataclasses.replace(
+                        progress, epoch=epoch, batch=done + len(losses), epoch_rng=epoch_rng,
+                        epoch_losses=done_losses + _host_losses(losses), history=history, best=best,
+                        best_epoch=best_epoch, seconds=seconds_before + time.time() - t_start)
+                    _save(checkpoints, step, state, progress, best_params, fingerprint, wait=stop or paused)
+                if stop or paused:
+                    why = "SIGTERM" if stop else "max_steps_this_run reached"
+                    message = (f"{label} {why}: saved step {step} to {checkpoints.dir}; exiting (the same "
+                               "command resumes)")
+                    if jax.process_index() == 0:
+                        print(message, flush=True)
+                    raise Preempted(message)
+            progress = dataclasses.replace(progress, epoch_rng=None, batch=0, epoch_losses=[])
+            all_losses = np.asarray(done_losses, np.float32)
+            if losses:
+                all_losses = np.concatenate([all_losses, np.asarray(jax.device_get(jnp.stack(losses)))])
+            train_loss = float(np.mean(all_losses)) if len(all_losses) else float("nan")
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"{label} train loss is {train_loss} in epoch {epoch + 1}; lower the "
+                                         f"learning rate ({opts.learning_rate})")
+            dev_metrics = _plain_json(evaluate(ft.predict(state.params, dev, eval_bs)))
+            history.append({"epoch": epoch + 1, "step": step, "train_loss": train_loss, "dev": dev_metrics})
+            elapsed = time.time() - t_start
+            eta = elapsed / (step - start_step) * (total - step) if step > start_step else 0.0
+            print(f"{label} epoch {epoch + 1}/{epochs} step {step}/{total} train_loss {train_loss:.4f} "
+                  f"dev {main_metric} {dev_metrics[main_metric]:.4f} "
+                  f"({(step - start_step) / max(elapsed, 1e-9):.1f} steps/s, ETA {eta:.0f}s)", flush=True)
+            last_report = time.time()
+            if writer is not None:
+                writer.write_scalars(step, {"train/loss": train_loss,
+                                            "train/learning_rate": float(ft.schedule(step - 1)),
+                                            **{f"eval/{k}": v for k, v in dev_metrics.items()}})
+            if best is None or score(dev_metrics, main_metric) > score(best, main_metric):
+                best, best_epoch = dev_metrics, epoch + 1
+                best_params = jax.device_get(state.params)
+            elif patience and epoch + 1 - best_epoch >= patience:
+                print(f"{label} early stop: no {main_metric} gain for {patience} epochs", flush=True)
+                break
             if step >= total:
                 break
-            # No host synchronisation: the losses stay on the device until the epoch's end (or a report).
-            params, opt_state, loss = ft._train(params, opt_state, ft.put(batch), rng, step)
-            losses.append(loss)
-            step += 1
-            now = time.time()
-            if now - last_report >= _PROGRESS_EVERY_S and step < total:   # long epochs: progress between
-                last_report = now
-                rate = step / (now - t_start)
-                print(f"{label} epoch {epoch + 1}/{epochs} step {step}/{total} train_loss "
-                      f"{float(np.mean(jax.device_get(losses[-20:]))):.4f} (last 20) ({rate:.1f} steps/s, "
-                      f"ETA {(total - step) / rate:.0f}s)", flush=True)
-        train_loss = float(np.mean(jax.device_get(jnp.stack(losses)))) if losses else float("nan")
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"{label} train loss is {train_loss} in epoch {epoch + 1}; lower the "
-                                     f"learning rate ({cfg.learning_rate})")
-        dev_metrics = evaluate(ft.predict(params, dev, eval_bs))
-        history.append({"epoch": epoch + 1, "step": step, "train_loss": train_loss, "dev": dev_metrics})
-        elapsed = time.time() - t_start
-        eta = elapsed / step * (total - step) if step else 0.0
-        print(f"{label} epoch {epoch + 1}/{epochs} step {step}/{total} train_loss {train_loss:.4f} "
-              f"dev {main_metric} {dev_metrics[main_metric]:.4f} ({step / elapsed:.1f} steps/s, ETA {eta:.0f}s)",
-              flush=True)
-        last_report = time.time()
-        if writer is not None:
-            writer.write_scalars(step, {"train/loss": train_loss, "train/learning_rate": float(ft.schedule(step - 1)),
-                                        **{f"eval/{k}": v for k, v in dev_metrics.items()}})
-        if best is None or score(dev_metrics, main_metric) > score(best, main_metric):
-            best, best_epoch = dev_metrics, epoch + 1
-            best_params = jax.device_get(params)
-        elif patience and epoch + 1 - best_epoch >= patience:
-            print(f"{label} early stop: no {main_metric} gain for {patience} epochs", flush=True)
-            break
-        if step >= total:
-            break
     return FinetuneResult(best_metrics=best, best_epoch=best_epoch, history=history, steps=step,
-                          params=best_params, seconds=time.time() - t_start, finetuner=ft)
+                          params=best_params, seconds=seconds_before + time.time() - t_start, finetuner=ft,
+                          steps_run=steps_run)
+
+
+def _host_losses(losses) -> list:
+    """Device float32 losses -> Python floats (exact), for a checkpoint's JSON."""
+    return [float(x) for x in np.asarray(jax.device_get(jnp.stack(losses)))] if losses else []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -426,7 +599,6 @@ def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Map
 
 def _tokenizer_path_for(checkpoint: str) -> str:
     """Where a checkpoint keeps its tokenizer: ``tokenizer/`` of a bert_jax workdir, else the dir."""
-    import os
     for cand in (os.path.join(checkpoint, "tokenizer"), checkpoint):
         if os.path.isdir(cand):
             return cand
@@ -435,7 +607,7 @@ def _tokenizer_path_for(checkpoint: str) -> str:
 
 def load_model_and_tokenizer(config):
     """(BertConfig, pretrained params or None, tokenizer) from ``init_checkpoint`` / ``tokenizer`` /
-    ``model_size``; the tokenizer's vocab must match the checkpoint's."""
+    ``model_size`` (random init only); the tokenizer's vocab must match the checkpoint's."""
     from bert_jax.convert import load_pretrained
     from bert_jax.tokenization import check_vocab_size, load_tokenizer
 
@@ -448,6 +620,9 @@ def load_model_and_tokenizer(config):
         if not config.tokenizer:
             raise ValueError("random init (empty init_checkpoint) needs --config.tokenizer (vocab.txt or "
                              "SentencePiece .model) to size the vocabulary")
+        if not config.get("model_size"):
+            raise ValueError("random init (empty init_checkpoint) needs --config.model_size (tiny, mini, small, "
+                             "medium, base or large)")
         tokenizer = load_tokenizer(config.tokenizer)
         model_config, pretrained = modeling.BertConfig.named(config.model_size, vocab_size=tokenizer.vocab_size), None
     if config.max_seq_length > model_config.max_position_embeddings:
@@ -469,35 +644,107 @@ def parse_list(value, cast):
         raise ValueError(f"cannot read {value!r} as comma-separated {cast.__name__}s") from None
 
 
-def run_protocol(config, workdir, model_config, pretrained, kind, num_labels, train, dev, evaluate,
-                 main_metric, task="") -> dict:
-    """The fine-tuning protocol: every learning rate x seed; the lr with the best median dev
-    ``main_metric`` wins; reported metrics are medians over seeds at that lr."""
-    import os
+@dataclasses.dataclass
+class ProtocolResult:
+    """What `run_protocol` returns: ``summary`` (the protocol's part of results.json) and the model of the
+    best seed at the chosen learning rate, to predict other splits with."""
+    summary: Dict[str, Any]
+    best_params: Any                    # host numpy
+    best_finetuner: Finetuner           # `Finetuner.predict` with ``best_params``
+    best_seed: int
+    best_learning_rate: float
 
+
+def run_dir_for(workdir: str, learning_rate: float, seed: int) -> str:
+    return os.path.join(workdir, "runs", f"lr{learning_rate:g}_seed{seed}")
+
+
+RESULT_FILE = "result.json"        # a finished run, in its run dir
+BEST_PARAMS_DIR = "best_params"    # its best parameters (bert_jax export), kept for the best seed of each lr
+
+
+def _finished_run(run_dir: str, fingerprint: dict) -> Optional[dict]:
+    path = os.path.join(run_dir, RESULT_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    _check_fingerprint(saved.pop("fingerprint", None), fingerprint, run_dir)
+    return saved
+
+
+def run_protocol(config, workdir, model_config, pretrained, kind, num_labels, train, dev, evaluate,
+                 main_metric, task="") -> ProtocolResult:
+    """The fine-tuning protocol: every learning rate x seed; the lr with the best median dev
+    ``main_metric`` wins; reported metrics are medians over seeds at that lr.
+
+    ``config``: an experiment's config, read through `FinetuneOptions.from_config` (or the options).
+    Each run trains in ``workdir/runs/lr<lr>_seed<seed>/`` (`finetune` with checkpoints); a finished run
+    leaves ``result.json`` there and is read, not trained again, when the same command runs again; the
+    best seed of each lr so far keeps its parameters in ``best_params/``. ``max_steps_this_run`` counts
+    the steps of every run of this call."""
     from clu import metric_writers
 
-    lrs = parse_list(config.learning_rates, float) if config.get("learning_rates") else [float(config.learning_rate)]
-    seeds = parse_list(config.seeds, int)
-    runs, best = [], None
-    for lr in lrs:
-        for seed in seeds:
-            run_cfg = ml_collections.ConfigDict(config.to_dict())
-            run_cfg.learning_rate = lr
-            model = build_model(model_config, kind, num_labels)
-            params = init_params(model, jax.random.PRNGKey(seed), pretrained, config.get("init_checkpoint", ""))
-            writer = metric_writers.create_default_writer(os.path.join(workdir, "tb", f"lr{lr:g}_seed{seed}"),
-                                                          just_logging=jax.process_index() > 0)
-            res = finetune(model, kind, params, train, dev, evaluate, main_metric, run_cfg, seed=seed,
-                           writer=writer, label=f"[{task} lr={lr:g} seed={seed}]")
-            writer.close()
-            runs.append({"learning_rate": lr, "seed": seed, "dev_metrics": res.best_metrics,
-                         "best_epoch": res.best_epoch, "steps": res.steps, "seconds": round(res.seconds, 1),
-                         "history": res.history})
-            if best is None or score(res.best_metrics, main_metric) > score(best["result"].best_metrics, main_metric):
-                best = {"result": res, "lr": lr, "seed": seed}
-            else:
-                del res
+    from bert_jax import checkpoint
+
+    opts = FinetuneOptions.from_config(config)
+    lrs = list(opts.learning_rates) or [float(opts.learning_rate)]
+    seeds = list(opts.seeds)
+    fingerprint = run_fingerprint(opts, kind, num_labels, model_config, train, dev)
+    budget = int(opts.max_steps_this_run) or None
+    main = jax.process_index() == 0
+    runs, best_at, in_memory = [], {}, None   # best_at[lr]: (record, run dir); in_memory: (run dir, FinetuneResult)
+    with preemption.PreemptionFlag() as preempt:   # a SIGTERM between two runs stops before the next
+        for lr in lrs:
+            for seed in seeds:
+                run_dir, label = run_dir_for(workdir, lr, seed), f"[{task} lr={lr:g} seed={seed}]"
+                record = _finished_run(run_dir, fingerprint)
+                res = None
+                if record is not None:
+                    print(f"{label} finished earlier: dev {main_metric} {score(record['dev_metrics'], main_metric):.4f}"
+                          f" ({os.path.join(run_dir, RESULT_FILE)})", flush=True)
+                else:
+                    sigterm = parallel.any_process(preempt.requested)
+                    if sigterm or (budget is not None and budget <= 0):
+                        why = "SIGTERM" if sigterm else "max_steps_this_run reached"
+                        message = f"{label} {why} before this run; exiting (the same command resumes)"
+                        print(message, flush=True)
+                        raise Preempted(message)
+                    model = build_model(model_config, kind, num_labels)
+                    params = init_params(model, jax.random.PRNGKey(seed), pretrained, opts.init_checkpoint)
+                    writer = metric_writers.create_default_writer(os.path.join(workdir, "tb", f"lr{lr:g}_seed{seed}"),
+                                                                  just_logging=jax.process_index() > 0)
+                    try:
+                        res = finetune(model, kind, params, train, dev, evaluate, main_metric,
+                                       dataclasses.replace(opts, learning_rate=lr), seed=seed, writer=writer,
+                                       label=label, run_dir=run_dir, max_steps=budget, fingerprint=fingerprint,
+                                       preempt=preempt)
+                    finally:
+                        writer.close()
+                    if budget is not None:
+                        budget -= res.steps_run
+                    record = {"learning_rate": lr, "seed": seed, "dev_metrics": res.best_metrics,
+                              "best_epoch": res.best_epoch, "steps": res.steps, "seconds": round(res.seconds, 1),
+                              "history": res.history}
+                previous = best_at.get(lr)
+                best_so_far = previous is None or score(record["dev_metrics"], main_metric) > score(
+                    previous[0]["dev_metrics"], main_metric)
+                if res is not None and main:   # keep the result, then let go of the checkpoints
+                    if best_so_far:
+                        _save_model(os.path.join(run_dir, BEST_PARAMS_DIR), model_config, res.params)
+                    checkpoint.write_json_atomic(os.path.join(run_dir, RESULT_FILE),
+                                                 {**record, "fingerprint": fingerprint})
+                    shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
+                if best_so_far:
+                    if previous is not None and main:
+                        shutil.rmtree(os.path.join(previous[1], BEST_PARAMS_DIR), ignore_errors=True)
+                    best_at[lr] = (record, run_dir)
+                elif main:   # a leftover of an interrupted earlier call
+                    shutil.rmtree(os.path.join(run_dir, BEST_PARAMS_DIR), ignore_errors=True)
+                if res is not None and (in_memory is None or score(res.best_metrics, main_metric) > score(
+                        in_memory[1].best_metrics, main_metric)):
+                    in_memory = (run_dir, res)
+                runs.append(record)
 
     def median_at(lr):
         return float(np.median([score(r["dev_metrics"], main_metric) for r in runs if r["learning_rate"] == lr]))
@@ -505,38 +752,44 @@ def run_protocol(config, workdir, model_config, pretrained, kind, num_labels, tr
     at_best = [r for r in runs if r["learning_rate"] == best_lr]
     metrics = {k: float(np.median([r["dev_metrics"][k] for r in at_best])) for k in at_best[0]["dev_metrics"]}
     values = np.array([r["dev_metrics"][main_metric] for r in at_best])
-    if best["lr"] != best_lr:  # predictions come from the best seed of the chosen lr
-        best = None
-    result = {
+    summary = {
         "task": task, "main_metric": main_metric, "metrics": metrics,
         "spread": {"min": float(values.min()), "max": float(values.max()), "std": float(values.std()),
                    "n": int(len(values))},
         "best_learning_rate": best_lr, "seeds": seeds, "learning_rates": lrs,
-        "init_checkpoint": config.get("init_checkpoint", "") or None,
+        "init_checkpoint": opts.init_checkpoint or None,
         "model_config": model_config.to_hf_dict(), "steps": int(at_best[0]["steps"]),
-        "config": config.to_dict(), "runs": runs,
+        "config": config.to_dict() if hasattr(config, "to_dict") else _plain_json(dataclasses.asdict(opts)),
+        "runs": runs,
     }
-    if best is None:  # re-run the chosen lr's best seed to have its parameters (rare: sweep only)
-        seed = max(at_best, key=lambda r: score(r["dev_metrics"], main_metric))["seed"]
-        run_cfg = ml_collections.ConfigDict(config.to_dict())
-        run_cfg.learning_rate = best_lr
-        model = build_model(model_config, kind, num_labels)
-        params = init_params(model, jax.random.PRNGKey(seed), pretrained, config.get("init_checkpoint", ""))
-        res = finetune(model, kind, params, train, dev, evaluate, main_metric, run_cfg, seed=seed,
-                       label=f"[{task} best lr={best_lr:g} seed={seed}]")
-        best = {"result": res, "lr": best_lr, "seed": seed}
-    if config.get("save_best_model", False) and jax.process_index() == 0:
-        _save_model(os.path.join(workdir, "best_model"), model_config, best["result"].params)
-        result["best_model"] = os.path.join(workdir, "best_model")
-    result["_best"] = {"params": best["result"].params, "finetuner": best["result"].finetuner,
-                       "seed": best["seed"]}
-    return result
+    # The best seed at the chosen lr: from memory when this call trained it, else from its run dir.
+    record, run_dir = best_at[best_lr]
+    if in_memory is not None and in_memory[0] == run_dir:
+        params, finetuner = in_memory[1].params, in_memory[1].finetuner
+    else:
+        _, params = checkpoint.load_params(os.path.join(run_dir, BEST_PARAMS_DIR))
+        finetuner = Finetuner(build_model(model_config, kind, num_labels), kind,
+                              optimizer_config(dataclasses.replace(opts, learning_rate=best_lr),
+                                               len(train["input_ids"])),
+                              opts.mesh_shape, buckets=opts.length_buckets)
+    if opts.save_best_model and main:
+        _save_model(os.path.join(workdir, "best_model"), model_config, params)
+        summary["best_model"] = os.path.join(workdir, "best_model")
+    return ProtocolResult(summary=summary, best_params=params, best_finetuner=finetuner,
+                          best_seed=int(record["seed"]), best_learning_rate=best_lr)
+
+
+def drop_saved_params(workdir: str) -> None:
+    """Deletes the runs' ``best_params/`` of a protocol in ``workdir`` (keeping their result.json), for a
+    caller that has kept what it needs from the `ProtocolResult` and records the protocol's result itself
+    (experiments/pretrained_vs_scratch): a later call then trains nothing but cannot return the model."""
+    import glob
+    if jax.process_index() == 0:
+        for path in glob.glob(os.path.join(workdir, "runs", "*", BEST_PARAMS_DIR)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _save_model(path, model_config, params):
-    import os
-    import shutil
-
     from bert_jax import checkpoint
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -546,8 +799,6 @@ def _save_model(path, model_config, params):
 
 
 def write_results(workdir, result):
-    import os
-
     from bert_jax import checkpoint
     if jax.process_index() == 0:
         checkpoint.write_json_atomic(os.path.join(workdir, "results.json"),

@@ -1,6 +1,7 @@
-"""Pure train/eval steps for MLM + NSP (or SOP) pre-training.
+"""Pure train/eval steps: MLM + NSP (or SOP) pre-training and the fine-tuning heads.
 
-``train_step(state, batch, rng) -> (state, metrics)``. The same function runs under ``jax.pmap``
+``train_step(state, batch, rng) -> (state, metrics)`` for both, over one `TrainState`. The pre-training
+step runs under ``jax.pmap``
 (``axis_name`` set: per-device batches, gradients ``psum``-ed) and under ``jax.jit`` over a Mesh
 (``axis_name=None``: the batch is one global array; XLA inserts the collectives).
 
@@ -14,6 +15,14 @@ and the sum of those is exactly the gradient of the full-batch loss, on any numb
 Batch keys (the TFRecord feature names): ``input_ids``, ``input_mask``, ``segment_ids`` [B, L];
 ``masked_lm_positions``, ``masked_lm_ids``, ``masked_lm_weights`` [B, P]; ``next_sentence_labels``
 [B] or [B, 1] (1 = random next sentence, as the original).
+
+Fine-tuning (`make_finetune_step`, under ``jax.jit`` over a mesh) takes ``input_ids``,
+``token_type_ids``, ``attention_mask`` [B, L], ``weights`` [B] (0 for padding rows) and the head's labels:
+``labels`` [B] / [B, L] (token tags, `IGNORE_INDEX` ignored) or ``start_positions`` / ``end_positions``
+[B]. Its learning-rate schedule is data (``TrainState.lr_schedule``), so runs of an lr x seed sweep
+share one compiled step.
+
+Shape letters: B batch, L sequence length, P masked positions per sequence, V vocabulary, C classes.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from typing import Any, Callable, Optional
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import linen as nn
 
@@ -32,15 +42,41 @@ BATCH_KEYS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "
 
 @flax.struct.dataclass
 class TrainState:
+    """``lr_schedule``: None (pre-training: the schedule is inside ``tx``), or `schedule_values` -- then
+    ``tx`` has a unit learning rate and each update is scaled by `learning_rate_at` (the schedule is an
+    array, not a constant of the compiled step)."""
     step: jax.Array
     params: Any
     opt_state: Any
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+    lr_schedule: Optional[jax.Array] = None
+
+    def learning_rate(self):
+        return None if self.lr_schedule is None else learning_rate_at(self.lr_schedule, self.step)
 
     def apply_gradients(self, grads):
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        if self.lr_schedule is not None:
+            lr = self.learning_rate()
+            updates = jax.tree_util.tree_map(lambda u: u * lr.astype(u.dtype), updates)
         return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
                             opt_state=opt_state)
+
+
+def schedule_values(opt_cfg) -> np.ndarray:
+    """`optim.make_schedule`'s schedule as data, ``[peak, warmup, total, end, power]`` (float32)."""
+    return np.asarray([float(opt_cfg.learning_rate), int(opt_cfg.warmup_steps), int(opt_cfg.num_train_steps),
+                       float(opt_cfg.get("end_learning_rate", 0.0)), float(opt_cfg.get("decay_power", 1.0))],
+                      np.float32)
+
+
+def learning_rate_at(sched, step):
+    """`optim.make_schedule`'s value at ``step`` (linear warmup, then polynomial decay) from `schedule_values`."""
+    peak, warmup, total, end, power = (sched[i] for i in range(5))
+    s = jnp.asarray(step, jnp.float32)
+    decay_steps = jnp.maximum(total - warmup, 1.0)
+    frac = 1.0 - jnp.clip(s - warmup, 0.0, decay_steps) / decay_steps
+    return jnp.where(s < warmup, peak * s / jnp.maximum(warmup, 1.0), (peak - end) * frac ** power + end)
 
 
 def create_train_state(model, params, tx) -> TrainState:
@@ -180,3 +216,62 @@ def make_eval_step(model: nn.Module, axis_name: Optional[str] = None):
     def eval_step(params, batch):
         return _sum(pretrain_sums(model, params, batch, deterministic=True), axis_name)
     return eval_step
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuning: a loss per head kind, one step
+# ----------------------------------------------------------------------------------------------
+
+FINETUNE_KINDS = ("classification", "regression", "token", "qa")
+IGNORE_INDEX = -100   # token tags that take no part in the loss (padding, word continuations)
+
+
+def finetune_forward(model, params, batch, deterministic, rng=None):
+    """The head's outputs for a fine-tuning batch."""
+    return model.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
+                       token_type_ids=batch["token_type_ids"], deterministic=deterministic,
+                       rngs=None if deterministic else {"dropout": rng})
+
+
+def _weighted_ce(logits, labels, weights):
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    safe = jnp.where(labels < 0, 0, labels).astype(jnp.int32)
+    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def finetune_loss_sums(kind: str, outputs, batch):
+    """(sum of losses, sum of weights) of one fine-tuning batch: cross-entropy (classification, token
+    tags, the mean of the start and end softmaxes for QA) or squared error (regression)."""
+    w = batch["weights"].astype(jnp.float32)
+    if kind == "classification":
+        return _weighted_ce(outputs, batch["labels"], w)
+    if kind == "regression":
+        err = (outputs[:, 0] - batch["labels"].astype(jnp.float32)) ** 2
+        return jnp.sum(err * w), jnp.sum(w)
+    if kind == "token":
+        tok_w = (batch["labels"] != IGNORE_INDEX).astype(jnp.float32) * w[:, None]
+        return _weighted_ce(outputs, batch["labels"], tok_w)
+    if kind == "qa":
+        s, n = _weighted_ce(outputs.start_logits, batch["start_positions"], w)
+        e, _ = _weighted_ce(outputs.end_logits, batch["end_positions"], w)
+        return (s + e) / 2.0, n
+    raise ValueError(f"kind={kind!r}: choose one of {FINETUNE_KINDS}")
+
+
+def make_finetune_step(model: nn.Module, kind: str):
+    """Returns ``train_step(state, batch, rng) -> (state, {"loss", "learning_rate"})`` for a fine-tuning
+    head; jit it yourself (donate 0). ``state.lr_schedule`` must be set (`schedule_values`)."""
+    if kind not in FINETUNE_KINDS:
+        raise ValueError(f"kind={kind!r}: choose one of {FINETUNE_KINDS}")
+
+    def train_step(state: TrainState, batch, rng):
+        rng = jax.random.fold_in(rng, state.step)
+
+        def loss_fn(params):
+            total, count = finetune_loss_sums(kind, finetune_forward(model, params, batch, False, rng), batch)
+            return total / jnp.maximum(count, 1e-6)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        return state.apply_gradients(grads), {"loss": loss, "learning_rate": state.learning_rate()}
+
+    return train_step

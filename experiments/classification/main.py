@@ -43,16 +43,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
             return spec.metrics(labels, preds)
         return fn
 
-    result = finetune.run_protocol(
+    protocol = finetune.run_protocol(
         config, workdir, model_config, pretrained, kind, spec.num_labels, encoded["train"], encoded["dev"],
         evaluate("dev"), spec.main_metric, task=config.task)
+    result = protocol.summary
 
     # Extra dev sets (MNLI mismatched), labelled local test files, GLUE submissions: with the best run.
-    best = result.pop("_best")
     for name, arrays in encoded.items():
         if name in ("train", "dev"):
             continue
-        outputs = best["finetuner"].predict(best["params"], arrays, int(config.eval_batch_size))
+        outputs = protocol.best_finetuner.predict(protocol.best_params, arrays, int(config.eval_batch_size))
         preds = outputs[:, 0] if kind == "regression" else outputs.argmax(-1)
         if name.startswith("test:"):
             split = name.split(":", 1)[1]

@@ -54,4 +54,7 @@ def get_config(arg=None):
     c.early_stopping_patience = 0      # epochs without dev F1 gain before stopping (0 = run all epochs)
     c.mesh_shape = (-1, 1, 1)
     c.save_best_model = True           # best run's params -> workdir/best_model (bert_jax format)
+    c.checkpoint_every_steps = 1000    # each lr x seed run checkpoints in workdir/runs/ this often and on SIGTERM;
+                                       # the same command resumes it, and skips the finished runs
+    c.max_steps_this_run = 0           # >0: stop after this many training steps (saving); the same command resumes
     return c

@@ -114,15 +114,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
         m = metrics_lib.entity_prf(splits["dev"].tags, decode("dev", outputs))
         return {k: float(m[k]) for k in METRIC_KEYS}
 
-    result = finetune.run_protocol(config, workdir, model_config, pretrained, "token", len(names),
-                                   feats["train"].arrays, feats["dev"].arrays, evaluate, "f1", task=config.task)
-    best = result.pop("_best")
+    protocol = finetune.run_protocol(config, workdir, model_config, pretrained, "token", len(names),
+                                     feats["train"].arrays, feats["dev"].arrays, evaluate, "f1", task=config.task)
+    result, finetuner = protocol.summary, protocol.best_finetuner
     # The best parameters come back on the host; placed as in training, predict does not recompile.
-    params = jax.device_put(best["params"], best["finetuner"].replicated)
+    params = jax.device_put(protocol.best_params, finetuner.replicated)
     result["label_names"] = list(names)
     result["prediction_files"] = {}
     for name in [n for n in ("dev", "test") if n in splits]:
-        outputs = best["finetuner"].predict(params, feats[name].arrays, int(config.eval_batch_size))
+        outputs = finetuner.predict(params, feats[name].arrays, int(config.eval_batch_size))
         tags = decode(name, outputs)
         prefix = "" if name == "dev" else f"{name}_"
         if splits[name].tags is not None:

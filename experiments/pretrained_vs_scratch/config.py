@@ -33,8 +33,6 @@ def get_config(arg=None):
     # The pretrained arm (required); the scratch arm is a random init of the same BertConfig.
     c.init_checkpoint = ""
     c.tokenizer = ""                   # default: the checkpoint's own vocab (used by both arms)
-    c.model_size = "tiny"              # unused (the architecture comes from init_checkpoint); kept so
-                                       # load_model_and_tokenizer sees the classification fields
     c.hidden_dropout_prob = 0.1
 
     # The grid: every fraction x init x seed. A fraction's subset is drawn with data_seed = seed (as
@@ -62,6 +60,9 @@ def get_config(arg=None):
     c.weight_decay = 0.01
     c.early_stopping_patience = 0
     c.mesh_shape = (-1, 1, 1)
+    c.checkpoint_every_steps = 1000    # each lr x seed run checkpoints in workdir/runs/ this often and on SIGTERM;
+                                       # the same command resumes it, and skips the finished runs
+    c.max_steps_this_run = 0           # >0: stop after this many training steps (saving); the same command resumes
     c.compilation_cache = True         # main.py: cache compiled steps in workdir/jax_cache (runs share them)
     c.probe = False                    # also frozen features + LogisticRegression at every budget x seed
     c.probe_features = "mean"          # "mean" (masked mean of the last layer) or "pooled"

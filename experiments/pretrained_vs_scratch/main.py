@@ -366,11 +366,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     print(f"[{k}/{total}] {label}: {len(idx)} examples" + (f" (x{reps} per epoch)" if reps > 1 else "")
                           + f", {run_cfg.num_epochs:g} epochs, lr {lr:g} ({time.time() - t_start:.0f}s elapsed)",
                           flush=True)
-                    res = finetune.run_protocol(
+                    protocol = finetune.run_protocol(
                         run_cfg, os.path.join(workdir, "runs", label), model_config,
                         pretrained if init == "pretrained" else None, "classification", spec.num_labels, train,
                         encoded["dev"], evaluate(encoded["dev"]["labels"]), metric, task=label)
-                    best = res.pop("_best")
+                    res = protocol.summary
                     run = {"init": init, "fraction": fraction, "seed": seed, "data_seed": seed,
                            "learning_rate": lr, "train_examples": int(len(idx)), "repeats_per_epoch": reps,
                            "epochs": float(run_cfg.num_epochs * reps),
@@ -378,11 +378,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
                            "seconds": res["runs"][0]["seconds"], "dev_metrics": res["metrics"],
                            "history": res["runs"][0]["history"]}
                     if "test" in encoded:
-                        out = best["finetuner"].predict(best["params"], encoded["test"], int(config.eval_batch_size))
+                        out = protocol.best_finetuner.predict(protocol.best_params, encoded["test"],
+                                                              int(config.eval_batch_size))
                         run["test_metrics"] = spec.metrics(encoded["test"]["labels"], out.argmax(-1))
-                    del best, res
+                    del protocol, res
                     runs.append(run)
                     save()
+                    # Recorded in results.json (never run again): its lr x seed run needs no saved model.
+                    finetune.drop_saved_params(os.path.join(workdir, "runs", label))
     if config.get("probe"):
         probe_runs.extend(linear_probe_grid(config, model_config, pretrained, encoded, spec, metric, fractions,
                                             seeds, inits))

@@ -108,12 +108,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     def evaluate(outputs):
         return evaluate_outputs(config, dev_ex, dev_feats, outputs)[0]
 
-    result = finetune.run_protocol(config, workdir, model_config, pretrained, "qa", 2, train_feats.arrays,
-                                   dev_feats.arrays, evaluate, "f1", task=config.task)
-    best = result.pop("_best")
+    protocol = finetune.run_protocol(config, workdir, model_config, pretrained, "qa", 2, train_feats.arrays,
+                                     dev_feats.arrays, evaluate, "f1", task=config.task)
+    result = protocol.summary
     # The best parameters come back on the host; placed as in training, predict does not recompile.
-    params = jax.device_put(best["params"], best["finetuner"].replicated)
-    outputs = best["finetuner"].predict(params, dev_feats.arrays, int(config.eval_batch_size))
+    params = jax.device_put(protocol.best_params, protocol.best_finetuner.replicated)
+    outputs = protocol.best_finetuner.predict(params, dev_feats.arrays, int(config.eval_batch_size))
     best_metrics, out = evaluate_outputs(config, dev_ex, dev_feats, outputs)
     result["best_run_metrics"] = best_metrics
     result["data_sizes"] = {"train_questions": len(train_ex), "train_windows": len(train_feats),
