@@ -58,3 +58,34 @@ def test_every_shape_mismatch_in_one_error():
 def test_a_checkpoint_without_the_encoder_is_an_error():
     with pytest.raises(MergeError, match=r"hold no encoder at params\['bert'\] \(they hold \['cls'\]\)"):
         merge_pretrained(_fresh(), {"cls": _checkpoint()["cls"]})
+
+
+@pytest.mark.parametrize("mode", ["pmap", "jit"])
+def test_the_pretraining_trainer_starts_from_an_encoder_only_checkpoint(mode):
+    """`init_checkpoint` in pre-training: the encoder is the checkpoint's, the MLM/NSP heads fresh; a
+    checkpoint of another size is one TrainingError listing the mismatches."""
+    import jax
+
+    from bert_jax import modeling
+    from bert_jax.configs import pretrain as pretrain_config
+    from bert_jax.training import TrainingError, trainer as trainer_lib
+
+    c = pretrain_config.get_config("size=tiny,seq_len=16")
+    c.model.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                   max_position_embeddings=16)
+    c.parallelism, c.global_batch_size, c.warmup_steps = mode, 8, 1
+    bert_config = trainer_lib.model_config(c, vocab_size=50)
+    trainer = trainer_lib.Trainer(c, bert_config, total_steps=10)
+    encoder = jax.device_get(modeling.init_params(modeling.BertModel(bert_config), jax.random.PRNGKey(9)))
+    fresh = trainer.savable(trainer.init_state(jax.random.PRNGKey(1)))
+    state = trainer.savable(trainer.init_state(jax.random.PRNGKey(1), {"bert": encoder}, "enc/"))
+    got = jax.tree_util.tree_map(np.asarray, state.params)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got["bert"]), jax.tree_util.tree_leaves(encoder)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    for a, b in zip(jax.tree_util.tree_leaves(got["cls"]), jax.tree_util.tree_leaves(fresh.params["cls"])):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    other = modeling.BertConfig.named("tiny", vocab_size=50, hidden_size=48, num_attention_heads=2,
+                                      num_hidden_layers=1, intermediate_size=64, max_position_embeddings=16)
+    wrong = jax.device_get(modeling.init_params(modeling.BertModel(other), jax.random.PRNGKey(0)))
+    with pytest.raises(TrainingError, match=r"the parameters of init_checkpoint w/ do not fit the model \(\d+ shape"):
+        trainer.init_state(jax.random.PRNGKey(1), {"bert": wrong}, "w/")
