@@ -55,6 +55,25 @@ def test_every_shape_mismatch_in_one_error():
         assert line in msg
 
 
+def test_another_tasks_head_stays_fresh_under_fresh_on_mismatch():
+    # fine-tuning RTE (2 labels) from an MNLI model (3): the encoder is taken, the classifier starts fresh
+    mnli = _checkpoint()
+    mnli["classifier"] = {"kernel": np.ones((4, 3)), "bias": np.ones((3,))}
+    fresh = _fresh()
+    out = merge_pretrained(fresh, mnli, drop=("cls",), fresh_on_mismatch=("classifier",))
+    np.testing.assert_array_equal(out["classifier"]["kernel"], fresh["classifier"]["kernel"])
+    np.testing.assert_array_equal(out["bert"]["embeddings"]["embedding"], np.ones((5, 4)))
+    # a head of the model's shape is still taken (re-evaluating a fine-tuned checkpoint)
+    same = _checkpoint()
+    same["classifier"] = {"kernel": np.ones((4, 2)), "bias": np.ones((2,))}
+    out = merge_pretrained(fresh, same, fresh_on_mismatch=("classifier",))
+    np.testing.assert_array_equal(out["classifier"]["kernel"], np.ones((4, 2)))
+    # the encoder is never refreshed: its mismatch is still an error
+    mnli["bert"]["pooler"]["kernel"] = np.zeros((3, 3))
+    with pytest.raises(MergeError, match="bert/pooler/kernel"):
+        merge_pretrained(fresh, mnli, fresh_on_mismatch=("classifier",))
+
+
 def test_a_checkpoint_without_the_encoder_is_an_error():
     with pytest.raises(MergeError, match=r"hold no encoder at params\['bert'\] \(they hold \['cls'\]\)"):
         merge_pretrained(_fresh(), {"cls": _checkpoint()["cls"]})
