@@ -518,8 +518,7 @@ def init_params(model: nn.Module, rng, seq_len: int = 8, batch: int = 1) -> Any:
 
 @functools.lru_cache(maxsize=16)
 def _compiled_init(model: nn.Module, seq_len: int, batch: int):
-    ids = jnp.zeros((batch, seq_len), jnp.int32)
-    return jax.jit(lambda r: model.init(r, ids, deterministic=True))
+    return jax.jit(lambda r: model.init(r, jnp.zeros((batch, seq_len), jnp.int32), deterministic=True))
 
 
 def param_shapes(model: nn.Module, seq_len: int = 8) -> Any:

@@ -69,14 +69,15 @@ def build_model(config: modeling.BertConfig, kind: str, num_labels: int):
 def init_params(model, rng, pretrained: Optional[Mapping] = None, source: str = ""):
     """Fresh parameters for ``model``; with ``pretrained`` (a `load_pretrained` tree), merged by
     `bert_jax.convert.merge.merge_pretrained`: its encoder replaces the fresh one, the pre-training heads
-    are dropped, a fine-tuning head of the model's shape is kept (re-evaluating a fine-tuned checkpoint);
-    a shape mismatch is an error."""
+    are dropped, a fine-tuning head of the model's shape is kept (re-evaluating a fine-tuned checkpoint),
+    one of another shape (another task's labels) starts fresh; an encoder shape mismatch is an error."""
     from bert_jax.convert.merge import merge_pretrained
 
     fresh = modeling.init_params(model, rng)
     if pretrained is None:
         return fresh
-    return merge_pretrained(fresh, pretrained, source=source, drop=("cls",))
+    return merge_pretrained(fresh, pretrained, source=source, drop=("cls",),
+                            fresh_on_mismatch=("classifier", "qa_outputs"))
 
 
 # ----------------------------------------------------------------------------------------------

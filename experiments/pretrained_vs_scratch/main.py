@@ -307,7 +307,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     per_cell = len(lrs) + len(seeds) - 1 if selection_seeds else len(lrs) * len(seeds)
     total, t_start = len(fractions) * len(inits) * per_cell, time.time()
 
-    def save():
+    def save(final=False):
         selected = select_learning_rates(runs, metric, selection_seeds)
         chosen = [r for r in runs if (r["init"], r["fraction"]) in selected
                   and r["learning_rate"] == selected[(r["init"], r["fraction"])][0]]
@@ -336,8 +336,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
             table += "\n" + markdown_table(result["probe_summary"], metric,
                                            f"{config.task}, linear probe ({config.probe_features} features)")
         _write_text(os.path.join(workdir, "table.md"), table)
-        plot(summary, metric, config.task, os.path.join(workdir, "accuracy_vs_examples.png"),
-             result.get("probe_summary"))
+        if final:   # the plot once, at the end (results.json and table.md after every run)
+            plot(summary, metric, config.task, os.path.join(workdir, "accuracy_vs_examples.png"),
+                 result.get("probe_summary"))
         return result
 
     k = 0
@@ -389,7 +390,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if config.get("probe"):
         probe_runs.extend(linear_probe_grid(config, model_config, pretrained, encoded, spec, metric, fractions,
                                             seeds, inits))
-    result = save()
+    result = save(final=True)
     print(open(os.path.join(workdir, "table.md"), encoding="utf-8").read(), flush=True)
     print(f"-> {os.path.join(workdir, 'results.json')}, table.md, accuracy_vs_examples.png", flush=True)
     return result
