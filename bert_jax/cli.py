@@ -87,3 +87,15 @@ def run(train_and_evaluate: Callable, name: str, before: Callable[[], None] | No
             raise SystemExit(f"{name}: {e}") from None
 
     app.run(main)
+
+def parse_list(value, cast):
+    """A comma-separated config value (or a list) as a list of ``cast`` values; one clear error otherwise."""
+    if isinstance(value, (list, tuple)):
+        return [cast(v) for v in value]
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        raise ValueError(f"empty list {value!r}")
+    try:
+        return [cast(v) for v in items]
+    except ValueError:
+        raise ValueError(f"cannot read {value!r} as comma-separated {cast.__name__}s") from None

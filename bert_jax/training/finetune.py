@@ -29,8 +29,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
 import types
 from typing import Any, Callable, Dict, Mapping, Optional
@@ -41,10 +39,12 @@ import ml_collections
 import numpy as np
 
 from bert_jax import modeling
+from bert_jax.cli import parse_list
+from bert_jax.data.batching import (DEFAULT_BUCKETS, INPUT_KEYS, PAD_LOGIT, bucket_lengths,  # noqa: F401
+                                    iterate_batches, sequence_lengths)
 from bert_jax.training import checkpointing, optim, parallel, preemption, step as step_lib
 
 KINDS = step_lib.FINETUNE_KINDS
-INPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask")
 IGNORE_INDEX = step_lib.IGNORE_INDEX
 
 
@@ -88,101 +88,6 @@ _forward = step_lib.finetune_forward
 loss_sums = step_lib.finetune_loss_sums
 schedule_values = step_lib.schedule_values
 learning_rate_at = step_lib.learning_rate_at
-
-
-# ----------------------------------------------------------------------------------------------
-# Batching: length buckets
-# ----------------------------------------------------------------------------------------------
-# Short texts padded to max_seq_length waste most of the compute (Rotten Tomatoes: 27 tokens on average
-# at max_seq_length 128). Each example goes into the smallest bucket length that holds it, batches are
-# formed within a bucket, and every array with a length axis is cut to the bucket's length: a few static
-# shapes, each compiled once. With attention masking the outputs at real positions do not depend on
-# the padding, so only the composition of the training batches changes.
-
-DEFAULT_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-PAD_LOGIT = -1e9   # per-position outputs (token tags, answer spans) past a bucket's length
-
-
-def bucket_lengths(max_len: int, buckets=None) -> tuple:
-    """The bucket lengths for sequences of at most ``max_len``: ``buckets`` (default `DEFAULT_BUCKETS`;
-    a comma-separated string works) below ``max_len``, then ``max_len``. ``"none"`` / ``()``: no buckets."""
-    if buckets is None or (isinstance(buckets, str) and not buckets.strip()):
-        buckets = DEFAULT_BUCKETS
-    elif isinstance(buckets, str):
-        buckets = () if buckets.strip().lower() in ("none", "off", "0") else parse_list(buckets, int)
-    return tuple(sorted({int(b) for b in buckets if 0 < int(b) < max_len} | {int(max_len)}))
-
-
-def sequence_lengths(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-    """[N] positions each example needs: up to its last attended token, and to its last label (token tags
-    other than -100, answer positions), so cutting at the bucket length never drops a target."""
-    mask = np.asarray(arrays["attention_mask"])
-    L = mask.shape[1]
-    last = np.where(mask.any(1), L - np.argmax(mask[:, ::-1] != 0, axis=1), 1)
-    labels = arrays.get("labels")
-    if labels is not None and np.ndim(labels) == 2:
-        tagged = np.asarray(labels) != IGNORE_INDEX
-        last = np.maximum(last, np.where(tagged.any(1), L - np.argmax(tagged[:, ::-1], axis=1), 0))
-    for key in ("start_positions", "end_positions"):
-        if key in arrays:
-            last = np.maximum(last, np.asarray(arrays[key]) + 1)
-    return last.astype(np.int64)
-
-
-def _bucket_batches(lengths, buckets, batch_size, order):
-    """[(bucket length, example indices)] in ``order`` within each bucket, ``batch_size`` each; what does
-    not fill a batch moves up to the next bucket, so only the very last batch is short (as unbucketed)."""
-    assigned = np.searchsorted(np.asarray(buckets), lengths[order])   # index of the smallest bucket >= length
-    batches, carry = [], np.zeros(0, np.int64)
-    for b, L in enumerate(buckets):
-        idx = np.concatenate([carry, order[assigned == b]])
-        full = len(idx) // batch_size * batch_size
-        batches += [(L, idx[s:s + batch_size]) for s in range(0, full, batch_size)]
-        carry = idx[full:]
-    if len(carry):
-        batches.append((buckets[-1], carry))
-    return batches
-
-
-def _make_batch(arrays, idx, batch_size, L, keys):
-    """Rows ``idx`` of ``keys``, length axes cut to ``L``, padded to ``batch_size`` rows of weight 0."""
-    full_L = np.shape(arrays["input_ids"])[1]
-    pad = batch_size - len(idx)
-    batch = {}
-    for k in keys:
-        x = np.asarray(arrays[k])[idx]
-        if x.ndim >= 2 and x.shape[1] == full_L and L < full_L:
-            x = x[:, :L]
-        if pad:
-            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-        batch[k] = x
-    w = np.ones(batch_size, np.float32)
-    if pad:
-        w[-pad:] = 0.0
-    batch["weights"] = w
-    return batch
-
-
-def iterate_batches(arrays: Mapping[str, np.ndarray], batch_size: int, rng: Optional[np.random.Generator] = None,
-                    keys=None, buckets=(), with_index: bool = False, skip: int = 0):
-    """Yields ``(batch, number of real rows)`` (``with_index``: and the rows' example indices): fixed-size
-    batches (the last one padded with weight-0 rows), shuffled when ``rng`` is given. With ``buckets`` (see
-    `bucket_lengths`) batches are formed within length buckets, cut to the bucket's length, and their order
-    is shuffled too. Every example is in exactly one batch; the same rng state gives the same batches.
-    ``skip``: leave out the first batches (a resumed epoch); the rng is drawn from as without."""
-    n = len(arrays["input_ids"])
-    full_L = np.shape(arrays["input_ids"])[1]
-    keys = keys or [k for k in arrays if k not in ("idx",)]
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    if buckets and len(buckets) > 1:
-        batches = _bucket_batches(sequence_lengths(arrays), tuple(buckets), batch_size, order)
-        if rng is not None:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-    else:
-        batches = [(full_L, order[s:s + batch_size]) for s in range(0, n, batch_size)]
-    for L, idx in batches[skip:]:
-        batch = _make_batch(arrays, idx, batch_size, L, keys)
-        yield (batch, len(idx), idx) if with_index else (batch, len(idx))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -594,213 +499,13 @@ def _host_losses(losses) -> list:
     return [float(x) for x in np.asarray(jax.device_get(jnp.stack(losses)))] if losses else []
 
 
-# ----------------------------------------------------------------------------------------------
-# The protocol shared by the experiments: checkpoint + tokenizer, lr x seed sweep, results.json
-# ----------------------------------------------------------------------------------------------
-
-def _tokenizer_path_for(checkpoint: str) -> str:
-    """Where a checkpoint keeps its tokenizer: ``tokenizer/`` of a bert_jax workdir, else the dir."""
-    for cand in (os.path.join(checkpoint, "tokenizer"), checkpoint):
-        if os.path.isdir(cand):
-            return cand
-    return os.path.dirname(checkpoint)
+# The protocol moved to `bert_jax.training.protocol`; its names still read from here.
+_PROTOCOL_NAMES = ("run_protocol", "ProtocolResult", "load_model_and_tokenizer", "write_results", "drop_saved_params",
+                   "run_dir_for", "RESULT_FILE", "BEST_PARAMS_DIR")
 
 
-def load_model_and_tokenizer(config):
-    """(BertConfig, pretrained params or None, tokenizer) from ``init_checkpoint`` / ``tokenizer`` /
-    ``model_size`` (random init only); the tokenizer's vocab must match the checkpoint's."""
-    from bert_jax.convert import load_pretrained
-    from bert_jax.tokenization import check_vocab_size, load_tokenizer
-
-    if config.init_checkpoint:
-        model_config, pretrained = load_pretrained(config.init_checkpoint)
-        tok_path = config.tokenizer or _tokenizer_path_for(config.init_checkpoint)
-        tokenizer = load_tokenizer(tok_path)
-        check_vocab_size(tokenizer, model_config.vocab_size, what=f"checkpoint {config.init_checkpoint}")
-    else:
-        if not config.tokenizer:
-            raise ValueError("random init (empty init_checkpoint) needs --config.tokenizer (vocab.txt or "
-                             "SentencePiece .model) to size the vocabulary")
-        if not config.get("model_size"):
-            raise ValueError("random init (empty init_checkpoint) needs --config.model_size (tiny, mini, small, "
-                             "medium, base or large)")
-        tokenizer = load_tokenizer(config.tokenizer)
-        model_config, pretrained = modeling.BertConfig.named(config.model_size, vocab_size=tokenizer.vocab_size), None
-    if config.max_seq_length > model_config.max_position_embeddings:
-        raise ValueError(f"max_seq_length={config.max_seq_length} exceeds the model's max_position_embeddings="
-                         f"{model_config.max_position_embeddings}")
-    model_config = model_config.replace(hidden_dropout_prob=float(config.get("hidden_dropout_prob", 0.1)))
-    return model_config, pretrained, tokenizer
-
-
-def parse_list(value, cast):
-    if isinstance(value, (list, tuple)):
-        return [cast(v) for v in value]
-    items = [v.strip() for v in str(value).split(",") if v.strip()]
-    if not items:
-        raise ValueError(f"empty list {value!r}")
-    try:
-        return [cast(v) for v in items]
-    except ValueError:
-        raise ValueError(f"cannot read {value!r} as comma-separated {cast.__name__}s") from None
-
-
-@dataclasses.dataclass
-class ProtocolResult:
-    """What `run_protocol` returns: ``summary`` (the protocol's part of results.json) and the model of the
-    best seed at the chosen learning rate, to predict other splits with."""
-    summary: Dict[str, Any]
-    best_params: Any                    # host numpy
-    best_finetuner: Finetuner           # `Finetuner.predict` with ``best_params``
-    best_seed: int
-    best_learning_rate: float
-
-
-def run_dir_for(workdir: str, learning_rate: float, seed: int) -> str:
-    return os.path.join(workdir, "runs", f"lr{learning_rate:g}_seed{seed}")
-
-
-RESULT_FILE = "result.json"        # a finished run, in its run dir
-BEST_PARAMS_DIR = "best_params"    # its best parameters (bert_jax export), kept for the best seed of each lr
-
-
-def _finished_run(run_dir: str, fingerprint: dict) -> Optional[dict]:
-    path = os.path.join(run_dir, RESULT_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    _check_fingerprint(saved.pop("fingerprint", None), fingerprint, run_dir)
-    return saved
-
-
-def run_protocol(config, workdir, model_config, pretrained, kind, num_labels, train, dev, evaluate,
-                 main_metric, task="") -> ProtocolResult:
-    """The fine-tuning protocol: every learning rate x seed; the lr with the best median dev
-    ``main_metric`` wins; reported metrics are medians over seeds at that lr.
-
-    ``config``: an experiment's config, read through `FinetuneOptions.from_config` (or the options).
-    Each run trains in ``workdir/runs/lr<lr>_seed<seed>/`` (`finetune` with checkpoints); a finished run
-    leaves ``result.json`` there and is read, not trained again, when the same command runs again; the
-    best seed of each lr so far keeps its parameters in ``best_params/``. ``max_steps_this_run`` counts
-    the steps of every run of this call."""
-    from clu import metric_writers
-
-    from bert_jax import checkpoint
-
-    opts = FinetuneOptions.from_config(config)
-    lrs = list(opts.learning_rates) or [float(opts.learning_rate)]
-    seeds = list(opts.seeds)
-    fingerprint = run_fingerprint(opts, kind, num_labels, model_config, train, dev)
-    budget = int(opts.max_steps_this_run) or None
-    main = jax.process_index() == 0
-    runs, best_at, in_memory = [], {}, None   # best_at[lr]: (record, run dir); in_memory: (run dir, FinetuneResult)
-    with preemption.PreemptionFlag() as preempt:   # a SIGTERM between two runs stops before the next
-        for lr in lrs:
-            for seed in seeds:
-                run_dir, label = run_dir_for(workdir, lr, seed), f"[{task} lr={lr:g} seed={seed}]"
-                record = _finished_run(run_dir, fingerprint)
-                res = None
-                if record is not None:
-                    print(f"{label} finished earlier: dev {main_metric} {score(record['dev_metrics'], main_metric):.4f}"
-                          f" ({os.path.join(run_dir, RESULT_FILE)})", flush=True)
-                else:
-                    sigterm = parallel.any_process(preempt.requested)
-                    if sigterm or (budget is not None and budget <= 0):
-                        why = "SIGTERM" if sigterm else "max_steps_this_run reached"
-                        message = f"{label} {why} before this run; exiting (the same command resumes)"
-                        print(message, flush=True)
-                        raise Preempted(message)
-                    model = build_model(model_config, kind, num_labels)
-                    params = init_params(model, jax.random.PRNGKey(seed), pretrained, opts.init_checkpoint)
-                    writer = metric_writers.create_default_writer(os.path.join(workdir, "tb", f"lr{lr:g}_seed{seed}"),
-                                                                  just_logging=jax.process_index() > 0)
-                    try:
-                        res = finetune(model, kind, params, train, dev, evaluate, main_metric,
-                                       dataclasses.replace(opts, learning_rate=lr), seed=seed, writer=writer,
-                                       label=label, run_dir=run_dir, max_steps=budget, fingerprint=fingerprint,
-                                       preempt=preempt)
-                    finally:
-                        writer.close()
-                    if budget is not None:
-                        budget -= res.steps_run
-                    record = {"learning_rate": lr, "seed": seed, "dev_metrics": res.best_metrics,
-                              "best_epoch": res.best_epoch, "steps": res.steps, "seconds": round(res.seconds, 1),
-                              "history": res.history}
-                previous = best_at.get(lr)
-                best_so_far = previous is None or score(record["dev_metrics"], main_metric) > score(
-                    previous[0]["dev_metrics"], main_metric)
-                if res is not None and main:   # keep the result, then let go of the checkpoints
-                    if best_so_far:
-                        _save_model(os.path.join(run_dir, BEST_PARAMS_DIR), model_config, res.params)
-                    checkpoint.write_json_atomic(os.path.join(run_dir, RESULT_FILE),
-                                                 {**record, "fingerprint": fingerprint})
-                    shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
-                if best_so_far:
-                    if previous is not None and main:
-                        shutil.rmtree(os.path.join(previous[1], BEST_PARAMS_DIR), ignore_errors=True)
-                    best_at[lr] = (record, run_dir)
-                elif main:   # a leftover of an interrupted earlier call
-                    shutil.rmtree(os.path.join(run_dir, BEST_PARAMS_DIR), ignore_errors=True)
-                if res is not None and (in_memory is None or score(res.best_metrics, main_metric) > score(
-                        in_memory[1].best_metrics, main_metric)):
-                    in_memory = (run_dir, res)
-                runs.append(record)
-
-    def median_at(lr):
-        return float(np.median([score(r["dev_metrics"], main_metric) for r in runs if r["learning_rate"] == lr]))
-    best_lr = max(lrs, key=median_at)
-    at_best = [r for r in runs if r["learning_rate"] == best_lr]
-    metrics = {k: float(np.median([r["dev_metrics"][k] for r in at_best])) for k in at_best[0]["dev_metrics"]}
-    values = np.array([r["dev_metrics"][main_metric] for r in at_best])
-    summary = {
-        "task": task, "main_metric": main_metric, "metrics": metrics,
-        "spread": {"min": float(values.min()), "max": float(values.max()), "std": float(values.std()),
-                   "n": int(len(values))},
-        "best_learning_rate": best_lr, "seeds": seeds, "learning_rates": lrs,
-        "init_checkpoint": opts.init_checkpoint or None,
-        "model_config": model_config.to_hf_dict(), "steps": int(at_best[0]["steps"]),
-        "config": config.to_dict() if hasattr(config, "to_dict") else _plain_json(dataclasses.asdict(opts)),
-        "runs": runs,
-    }
-    # The best seed at the chosen lr: from memory when this call trained it, else from its run dir.
-    record, run_dir = best_at[best_lr]
-    if in_memory is not None and in_memory[0] == run_dir:
-        params, finetuner = in_memory[1].params, in_memory[1].finetuner
-    else:
-        _, params = checkpoint.load_params(os.path.join(run_dir, BEST_PARAMS_DIR))
-        finetuner = Finetuner(build_model(model_config, kind, num_labels), kind,
-                              optimizer_config(dataclasses.replace(opts, learning_rate=best_lr),
-                                               len(train["input_ids"])),
-                              opts.mesh_shape, buckets=opts.length_buckets)
-    if opts.save_best_model and main:
-        _save_model(os.path.join(workdir, "best_model"), model_config, params)
-        summary["best_model"] = os.path.join(workdir, "best_model")
-    return ProtocolResult(summary=summary, best_params=params, best_finetuner=finetuner,
-                          best_seed=int(record["seed"]), best_learning_rate=best_lr)
-
-
-def drop_saved_params(workdir: str) -> None:
-    """Deletes the runs' ``best_params/`` of a protocol in ``workdir`` (keeping their result.json), for a
-    caller that has kept what it needs from the `ProtocolResult` and records the protocol's result itself
-    (experiments/pretrained_vs_scratch): a later call then trains nothing but cannot return the model."""
-    import glob
-    if jax.process_index() == 0:
-        for path in glob.glob(os.path.join(workdir, "runs", "*", BEST_PARAMS_DIR)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _save_model(path, model_config, params):
-    from bert_jax import checkpoint
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    checkpoint.save_params(tmp, model_config, params)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-
-
-def write_results(workdir, result):
-    from bert_jax import checkpoint
-    if jax.process_index() == 0:
-        checkpoint.write_json_atomic(os.path.join(workdir, "results.json"),
-                                     {k: v for k, v in result.items() if not k.startswith("_")})
+def __getattr__(name):
+    if name in _PROTOCOL_NAMES:
+        from bert_jax.training import protocol
+        return getattr(protocol, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

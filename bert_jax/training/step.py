@@ -223,7 +223,7 @@ def make_eval_step(model: nn.Module, axis_name: Optional[str] = None):
 # ----------------------------------------------------------------------------------------------
 
 FINETUNE_KINDS = ("classification", "regression", "token", "qa")
-IGNORE_INDEX = -100   # token tags that take no part in the loss (padding, word continuations)
+from bert_jax.data.batching import IGNORE_INDEX  # noqa: E402  (-100: token tags without a loss)
 
 
 def finetune_forward(model, params, batch, deterministic, rng=None):

@@ -20,13 +20,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     import numpy as np
 
     from bert_jax.tasks import classification as cls
-    from bert_jax.training import finetune
+    from bert_jax.training import protocol as protocol_lib
 
     os.makedirs(workdir, exist_ok=True)
     spec, splits = cls.load_task(config, workdir)
     if "train" not in splits:
         raise ValueError(f"task {spec.name} has no training split (AX is scored with an MNLI model)")
-    model_config, pretrained, tokenizer = finetune.load_model_and_tokenizer(config)
+    model_config, pretrained, tokenizer = protocol_lib.load_model_and_tokenizer(config)
     train_ex = splits["train"]
     if config.train_fraction < 1.0:
         n = max(1, int(round(config.train_fraction * len(train_ex))))
@@ -43,7 +43,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             return spec.metrics(labels, preds)
         return fn
 
-    protocol = finetune.run_protocol(
+    protocol = protocol_lib.run_protocol(
         config, workdir, model_config, pretrained, kind, spec.num_labels, encoded["train"], encoded["dev"],
         evaluate("dev"), spec.main_metric, task=config.task)
     result = protocol.summary
@@ -70,7 +70,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         else:
             result[f"{name}_metrics"] = spec.metrics(arrays["labels"], preds)
     result["data_sizes"] = {name: int(len(a["input_ids"])) for name, a in encoded.items()}
-    finetune.write_results(workdir, result)
+    protocol_lib.write_results(workdir, result)
     print(f"{config.task}: dev {spec.main_metric} {result['metrics'][spec.main_metric]:.4f} (median of "
           f"{len(result['seeds'])} seed(s), lr {result['best_learning_rate']:g})"
           + (f"; test {spec.main_metric} {result['test_metrics'][spec.main_metric]:.4f}"

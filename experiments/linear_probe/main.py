@@ -68,6 +68,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     from bert_jax.tasks import classification as cls
     from bert_jax.training import finetune
+    from bert_jax.training import protocol as protocol_lib
 
     if config.features not in FEATURES:
         raise ValueError(f"features={config.features!r}: choose one of {FEATURES}")
@@ -93,7 +94,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         n = max(1, int(round(config.train_fraction * len(splits["train"]))))
         splits["train"] = splits["train"].subset(
             np.random.default_rng(config.data_seed).permutation(len(splits["train"]))[:n])
-    model_config, pretrained, tokenizer = finetune.load_model_and_tokenizer(config)
+    model_config, pretrained, tokenizer = protocol_lib.load_model_and_tokenizer(config)
     params = encoder_params(config, model_config, pretrained)
     feature_fn = make_feature_fn(model_config, config.features)
 
@@ -163,7 +164,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             "linear_probe": {"dev": dev_metrics[main], "test": result.get("test_metrics", {}).get(main)},
             "finetune": {"dev": ft["metrics"][main], "test": ft.get("test_metrics", {}).get(main)},
         }
-    finetune.write_results(workdir, result)
+    protocol_lib.write_results(workdir, result)
     line = (f"linear probe ({config.features}) on {config.task}: dev {spec.main_metric} "
             f"{dev_metrics[spec.main_metric]:.4f} (C={best_c:g})")
     if "test_metrics" in result:

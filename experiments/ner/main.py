@@ -86,7 +86,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     from bert_jax.tasks import metrics as metrics_lib
     from bert_jax.tasks import ner
-    from bert_jax.training import finetune
+    from bert_jax.training import protocol as protocol_lib
 
     os.makedirs(workdir, exist_ok=True)
     names, splits = load_data(config)
@@ -97,7 +97,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         lines = [train.lines[i] for i in keep] if train.lines else None
         splits["train"] = ner.NerExamples(words=[train.words[i] for i in keep], tags=[train.tags[i] for i in keep],
                                           source=train.source, lines=lines)
-    model_config, pretrained, tokenizer = finetune.load_model_and_tokenizer(config)
+    model_config, pretrained, tokenizer = protocol_lib.load_model_and_tokenizer(config)
     feats = {name: ner.make_features(ex, tokenizer, names, max_length=int(config.max_seq_length))
              for name, ex in splits.items()}
     for name, f in feats.items():
@@ -114,7 +114,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         m = metrics_lib.entity_prf(splits["dev"].tags, decode("dev", outputs))
         return {k: float(m[k]) for k in METRIC_KEYS}
 
-    protocol = finetune.run_protocol(config, workdir, model_config, pretrained, "token", len(names),
+    protocol = protocol_lib.run_protocol(config, workdir, model_config, pretrained, "token", len(names),
                                      feats["train"].arrays, feats["dev"].arrays, evaluate, "f1", task=config.task)
     result, finetuner = protocol.summary, protocol.best_finetuner
     # The best parameters come back on the host; placed as in training, predict does not recompile.
@@ -137,7 +137,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     result["data_sizes"] = {name: {"sentences": len(ex), "words": int(sum(len(w) for w in ex.words)),
                                    "truncated_words": int(feats[name].num_truncated_words)}
                             for name, ex in splits.items()}
-    finetune.write_results(workdir, result)
+    protocol_lib.write_results(workdir, result)
     m = result["metrics"]
     print(f"{config.task}: dev entity P {m['precision']:.4f} R {m['recall']:.4f} F1 {m['f1']:.4f} (median of "
           f"{len(result['seeds'])} seed(s), lr {result['best_learning_rate']:g})"

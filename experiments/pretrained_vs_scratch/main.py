@@ -262,7 +262,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     import numpy as np
 
     from bert_jax.tasks import classification as cls
-    from bert_jax.training import finetune
+    from bert_jax.training import protocol as protocol_lib
 
     _, seeds, inits = parse_grid(config)
     lrs = learning_rates(config)
@@ -284,7 +284,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if spec.is_regression:
         raise ValueError(f"task {spec.name} is a regression task; this experiment compares classifiers")
     metric = config.metric or spec.main_metric
-    model_config, pretrained, tokenizer = finetune.load_model_and_tokenizer(config)
+    model_config, pretrained, tokenizer = protocol_lib.load_model_and_tokenizer(config)
     encoded = {"train": cls.encode_examples(tokenizer, splits["train"], config.max_seq_length),
                "dev": cls.encode_examples(tokenizer, splits["dev"], config.max_seq_length)}
     if "test" in splits and (np.asarray(splits["test"].labels) >= 0).all():
@@ -330,7 +330,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if probe_runs:
             result["probe_summary"] = summarize(probe_runs, metric)
             result["probe_runs"] = probe_runs
-        finetune.write_results(workdir, result)
+        protocol_lib.write_results(workdir, result)
         table = markdown_table(summary, metric, config.task)
         if probe_runs:
             table += "\n" + markdown_table(result["probe_summary"], metric,
@@ -367,7 +367,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     print(f"[{k}/{total}] {label}: {len(idx)} examples" + (f" (x{reps} per epoch)" if reps > 1 else "")
                           + f", {run_cfg.num_epochs:g} epochs, lr {lr:g} ({time.time() - t_start:.0f}s elapsed)",
                           flush=True)
-                    protocol = finetune.run_protocol(
+                    protocol = protocol_lib.run_protocol(
                         run_cfg, os.path.join(workdir, "runs", label), model_config,
                         pretrained if init == "pretrained" else None, "classification", spec.num_labels, train,
                         encoded["dev"], evaluate(encoded["dev"]["labels"]), metric, task=label)
@@ -386,7 +386,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     runs.append(run)
                     save()
                     # Recorded in results.json (never run again): its lr x seed run needs no saved model.
-                    finetune.drop_saved_params(os.path.join(workdir, "runs", label))
+                    protocol_lib.drop_saved_params(os.path.join(workdir, "runs", label))
     if config.get("probe"):
         probe_runs.extend(linear_probe_grid(config, model_config, pretrained, encoded, spec, metric, fractions,
                                             seeds, inits))

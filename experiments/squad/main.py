@@ -85,7 +85,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     from bert_jax import fileio
     from bert_jax.tasks import squad
-    from bert_jax.training import finetune
+    from bert_jax.training import protocol as protocol_lib
 
     os.makedirs(workdir, exist_ok=True)
     train_ex, dev_ex = load_examples(config)
@@ -93,7 +93,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         n = max(1, int(round(config.train_fraction * len(train_ex))))
         keep = np.sort(np.random.default_rng(config.data_seed).permutation(len(train_ex))[:n])
         train_ex = [train_ex[i] for i in keep]
-    model_config, pretrained, tokenizer = finetune.load_model_and_tokenizer(config)
+    model_config, pretrained, tokenizer = protocol_lib.load_model_and_tokenizer(config)
     shape = dict(max_seq_length=int(config.max_seq_length), doc_stride=int(config.doc_stride),
                  max_query_length=int(config.max_query_length))
     train_feats = squad.make_features(train_ex, tokenizer, is_training=True, **shape)
@@ -108,7 +108,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     def evaluate(outputs):
         return evaluate_outputs(config, dev_ex, dev_feats, outputs)[0]
 
-    protocol = finetune.run_protocol(config, workdir, model_config, pretrained, "qa", 2, train_feats.arrays,
+    protocol = protocol_lib.run_protocol(config, workdir, model_config, pretrained, "qa", 2, train_feats.arrays,
                                      dev_feats.arrays, evaluate, "f1", task=config.task)
     result = protocol.summary
     # The best parameters come back on the host; placed as in training, predict does not recompile.
@@ -130,7 +130,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             files["null_odds"] = os.path.join(workdir, "null_odds.json")
             fileio.write_json(files["null_odds"], {q: _finite(v) for q, v in out.null_odds.items()})
     result["prediction_files"] = files
-    finetune.write_results(workdir, result)
+    protocol_lib.write_results(workdir, result)
     m = result["metrics"]
     extra = (f"; best threshold on dev {m['best_f1_thresh']:.3f} -> F1 {m['best_f1']:.2f}"
              if "best_f1" in m else "")
