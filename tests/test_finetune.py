@@ -186,7 +186,7 @@ def test_adam_fields_are_honoured():
 
 
 def test_each_optimizer_field_of_an_experiment_config_changes_the_result(tmp_path):
-    """adam_b1 / adam_b2 / adam_eps / weight_decay / grad_clip_norm set in an experiment's config reach the
+    """optimizer / adam_b1 / adam_b2 / adam_eps / weight_decay / grad_clip_norm set in an experiment's config reach the
     optimizer through `run_protocol` (the path every experiment takes): each changes the trained
     parameters, and `FinetuneOptions.from_config` reads each."""
     train, dev = make_arrays(16, seed=5), make_arrays(8, seed=6)
@@ -202,6 +202,7 @@ def test_each_optimizer_field_of_an_experiment_config_changes_the_result(tmp_pat
                                     lambda out: {"acc": 0.0}, "acc", task="t")
         return jax.tree_util.tree_leaves(res.best_params)
     default = trained(tmp_path / "default")
-    for field, value in dict(adam_b1=0.5, adam_b2=0.7, adam_eps=1e-2, weight_decay=0.5, grad_clip_norm=1e-3).items():
+    for field, value in dict(adam_b1=0.5, adam_b2=0.7, adam_eps=1e-2, weight_decay=0.5, grad_clip_norm=1e-3,
+                             optimizer="lamb").items():
         changed = trained(tmp_path / field, **{field: value})
         assert any(not np.array_equal(a, b) for a, b in zip(default, changed)), field

@@ -142,6 +142,7 @@ class FinetuneOptions:
     global_batch_size: int = 32
     eval_batch_size: int = 256
     warmup_proportion: float = 0.1
+    optimizer: str = "adamw"            # or "lamb" (`optim.make_optimizer`)
     weight_decay: float = 0.01
     adam_b1: float = 0.9
     adam_b2: float = 0.999
@@ -225,13 +226,13 @@ def _check_fingerprint(saved, fingerprint, where: str):
 
 def optimizer_config(opts: FinetuneOptions, num_examples: int) -> ml_collections.ConfigDict:
     """The `optim` config of a run over ``num_examples``: ``num_epochs`` of steps, ``warmup_proportion``
-    of them warming up, AdamW with the options' fields."""
+    of them warming up, the options' optimizer (AdamW by default) and fields."""
     steps_per_epoch = math.ceil(num_examples / int(opts.global_batch_size))
     total = max(1, int(round(float(opts.num_epochs) * steps_per_epoch)))
     return ml_collections.ConfigDict(dict(
         learning_rate=float(opts.learning_rate), num_train_steps=total,
         warmup_steps=int(round(float(opts.warmup_proportion) * total)),
-        weight_decay=float(opts.weight_decay), optimizer="adamw", adam_b1=float(opts.adam_b1),
+        weight_decay=float(opts.weight_decay), optimizer=str(opts.optimizer), adam_b1=float(opts.adam_b1),
         adam_b2=float(opts.adam_b2), adam_eps=float(opts.adam_eps), grad_clip_norm=float(opts.grad_clip_norm)))
 
 

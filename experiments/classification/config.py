@@ -53,6 +53,7 @@ def get_config(arg=None):
     c.seeds = "0"                      # comma-separated; the reported metrics are the median over seeds
     c.warmup_proportion = 0.1
     c.weight_decay = 0.01
+    c.optimizer = "adamw"              # or "lamb"; adam_b1 / adam_b2 / adam_eps / grad_clip_norm are read too
     c.early_stopping_patience = 0      # epochs without dev gain before stopping (0 = run all epochs)
     c.mesh_shape = (-1, 1, 1)
     c.save_best_model = True           # best run's params -> workdir/best_model (bert_jax format)
