@@ -125,3 +125,24 @@ def python_docs_files():
     if not files:
         pytest.skip("Python docs corpus missing (apt-get install python3.11-doc)")
     return files
+
+
+class CollectedProcess:
+    """A subprocess (stdout and stderr together) whose output lines a thread collects as they come, so a
+    test can wait on a line or kill it at a moment without a pipe ever filling up."""
+
+    def __init__(self, cmd, env, cwd=None):
+        import subprocess
+        import threading
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                     cwd=cwd)
+        self.lines = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def text(self):
+        return "".join(self.lines)

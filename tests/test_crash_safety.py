@@ -14,15 +14,14 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 
 import bert_jax
+from tests.helpers import CollectedProcess
 from tests.test_pretrain_loop import REPO, SMALL_MODEL, _events
 
 TMP = ".orbax-checkpoint-tmp"
@@ -47,21 +46,8 @@ def _command(data, workdir):
             *[f"--config.{k}={v}" for k, v in RUN.items()]]
 
 
-class Run:
+class Run(CollectedProcess):
     """One `scripts/pretrain.py` process; its output lines collected by a thread."""
-
-    def __init__(self, cmd, env):
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.lines = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def text(self):
-        return "".join(self.lines)
 
     def logged_steps(self):
         return [int(ln.split()[1].split("/")[0]) for ln in list(self.lines) if ln.startswith("step ")]

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import jax
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 
 from bert_jax.training import finetune
+from tests.helpers import CollectedProcess
 from tests.test_finetune import CONFIG, make_arrays
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,19 +213,11 @@ def _env(cache):
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-class _Process:
-    """A subprocess whose output lines a thread collects; every wait bounded."""
+class _Process(CollectedProcess):
+    """A fine-tuning process run from the repository root; every wait bounded."""
 
     def __init__(self, cmd, env):
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                     cwd=REPO)
-        self.lines = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
+        super().__init__(cmd, env, cwd=REPO)
 
     def wait_for(self, text, timeout):
         deadline = time.time() + timeout
