@@ -65,12 +65,13 @@ def extract_features(feature_fn, params, arrays, batch_size: int, length_bucket:
     import jax
     import numpy as np
 
-    from bert_jax.training import finetune, parallel
+    from bert_jax.data.batching import INPUT_KEYS
+    from bert_jax.training import parallel
 
     mesh = parallel.make_mesh((-1, 1, 1))
     params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     batch_size += (-batch_size) % jax.device_count()
-    inputs = {k: np.asarray(arrays[k]) for k in finetune.INPUT_KEYS}
+    inputs = {k: np.asarray(arrays[k]) for k in INPUT_KEYS}
     n, max_len = inputs["input_ids"].shape
     lengths = inputs["attention_mask"].sum(axis=1)
     order = np.argsort(lengths, kind="stable")

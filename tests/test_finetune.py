@@ -8,7 +8,8 @@ import optax
 import pytest
 
 from bert_jax import modeling
-from bert_jax.training import finetune, optim
+from bert_jax.data import batching
+from bert_jax.training import finetune, optim, protocol
 
 L = 64
 CONFIG = modeling.BertConfig(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -43,20 +44,20 @@ def cfg_for(**overrides):
 
 
 def test_bucket_lengths():
-    assert finetune.bucket_lengths(128) == (16, 32, 48, 64, 96, 128)
-    assert finetune.bucket_lengths(100, "32,64") == (32, 64, 100)
-    assert finetune.bucket_lengths(128, "none") == (128,)
-    assert finetune.bucket_lengths(128, ()) == (128,)
+    assert batching.bucket_lengths(128) == (16, 32, 48, 64, 96, 128)
+    assert batching.bucket_lengths(100, "32,64") == (32, 64, 100)
+    assert batching.bucket_lengths(128, "none") == (128,)
+    assert batching.bucket_lengths(128, ()) == (128,)
 
 
 @pytest.mark.parametrize("n", [1, 8, 61, 200])
 def test_buckets_cover_every_example_once(n):
     arrays = make_arrays(n, seed=n)
-    buckets = finetune.bucket_lengths(L)
-    lengths = finetune.sequence_lengths(arrays)
+    buckets = batching.bucket_lengths(L)
+    lengths = batching.sequence_lengths(arrays)
     np.testing.assert_array_equal(lengths, arrays["attention_mask"].sum(1))
     seen, sizes = [], []
-    for batch, k, idx in finetune.iterate_batches(arrays, 8, np.random.default_rng(0), buckets=buckets,
+    for batch, k, idx in batching.iterate_batches(arrays, 8, np.random.default_rng(0), buckets=buckets,
                                                   with_index=True):
         width = batch["input_ids"].shape[1]
         assert width in buckets and batch["input_ids"].shape[0] == 8
@@ -70,7 +71,7 @@ def test_buckets_cover_every_example_once(n):
     assert len(sizes) == -(-n // 8) and sorted(sizes)[1:] == [8] * (len(sizes) - 1)   # as many steps as unbucketed
 
     def batches(seed):
-        return [idx.tolist() for _, _, idx in finetune.iterate_batches(
+        return [idx.tolist() for _, _, idx in batching.iterate_batches(
             arrays, 8, np.random.default_rng(seed), buckets=buckets, with_index=True)]
     assert batches(3) == batches(3)
     if n > 16:
@@ -81,10 +82,10 @@ def test_sequence_lengths_keep_labels_and_answers():
     arrays = make_arrays(20, kind="token")
     arrays["labels"][0, :] = finetune.IGNORE_INDEX
     arrays["labels"][0, 50] = 1                       # a tag past the attention mask is still kept
-    lengths = finetune.sequence_lengths(arrays)
+    lengths = batching.sequence_lengths(arrays)
     assert lengths[0] == max(51, arrays["attention_mask"][0].sum())
     qa = make_arrays(20, kind="qa")
-    assert (finetune.sequence_lengths(qa) > qa["end_positions"]).all()
+    assert (batching.sequence_lengths(qa) > qa["end_positions"]).all()
 
 
 def _finetuner(kind, num_labels=3, buckets=None):
@@ -105,7 +106,7 @@ def test_bucketed_predict_equals_unbucketed(kind):
     if finetune.kind_is_positional(kind):
         real = arrays["attention_mask"] == 1
         np.testing.assert_allclose(got[real], want[real], rtol=1e-5, atol=1e-5)
-        assert (got == finetune.PAD_LOGIT).any()          # positions past a bucket's length
+        assert (got == batching.PAD_LOGIT).any()          # positions past a bucket's length
     else:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -119,8 +120,8 @@ def test_train_step_on_a_cut_batch_equals_the_full_batch(kind):
     if kind == "token":
         arrays["labels"][:, 20:] = finetune.IGNORE_INDEX
     ft, params = _finetuner(kind)
-    (cut, _), = finetune.iterate_batches(arrays, 8, buckets=finetune.bucket_lengths(L))
-    (whole, _), = finetune.iterate_batches(arrays, 8)
+    (cut, _), = batching.iterate_batches(arrays, 8, buckets=batching.bucket_lengths(L))
+    (whole, _), = batching.iterate_batches(arrays, 8)
     assert cut["input_ids"].shape[1] == 32 and whole["input_ids"].shape[1] == L
     outs = []
     for batch in (cut, whole):
@@ -143,8 +144,8 @@ def test_runs_of_a_protocol_compile_once_per_shape():
     first = run(1e-3, 0)
     ft = first.finetuner
     sizes = (ft.train_step._cache_size(), ft._predict._cache_size(), ft._init._cache_size())
-    widths = {b["input_ids"].shape[1] for b, _ in finetune.iterate_batches(
-        train, 8, np.random.default_rng(0), buckets=finetune.bucket_lengths(L))}
+    widths = {b["input_ids"].shape[1] for b, _ in batching.iterate_batches(
+        train, 8, np.random.default_rng(0), buckets=batching.bucket_lengths(L))}
     assert sizes[0] == len(widths) > 1
     second = run(3e-4, 1)
     assert second.finetuner.train_step is ft.train_step
@@ -169,8 +170,8 @@ def test_adam_fields_are_honoured():
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
         schedule, b1=0.5, b2=0.7, eps=1e-2, weight_decay=0.1, mask=optim.weight_decay_mask))
     p, state = params, tx.init(params)
-    for batch, _ in finetune.iterate_batches(train, 8, np.random.default_rng(7),
-                                             buckets=finetune.bucket_lengths(L)):
+    for batch, _ in batching.iterate_batches(train, 8, np.random.default_rng(7),
+                                             buckets=batching.bucket_lengths(L)):
         def loss_fn(q):
             total, count = finetune.loss_sums("classification", finetune._forward(model, q, batch, True), batch)
             return total / count
@@ -198,7 +199,7 @@ def test_each_optimizer_field_of_an_experiment_config_changes_the_result(tmp_pat
         config = ml_collections.ConfigDict(base.to_dict())
         config.update(overrides)
         assert all(getattr(finetune.FinetuneOptions.from_config(config), k) == v for k, v in overrides.items())
-        res = finetune.run_protocol(config, str(workdir), CONFIG, None, "classification", 3, train, dev,
+        res = protocol.run_protocol(config, str(workdir), CONFIG, None, "classification", 3, train, dev,
                                     lambda out: {"acc": 0.0}, "acc", task="t")
         return jax.tree_util.tree_leaves(res.best_params)
     default = trained(tmp_path / "default")

@@ -3,7 +3,7 @@ SIGTERM (saved at the next step boundary, exit status 0) -- and started again wi
 ends bit-identical to an uninterrupted run (every epoch's train loss, the dev metrics, the best
 parameters); the lr x seed protocol skips finished runs and reads their saved results.
 
-In-process tests (`finetune.finetune`, `finetune.run_protocol`) and one end-to-end test of
+In-process tests (`finetune.finetune`, `protocol.run_protocol`) and one end-to-end test of
 experiments/classification/main.py in subprocesses on a tiny CSV task (a tiny bert_jax checkpoint, a
 38-token vocabulary), each wait bounded.
 """
@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bert_jax.training import finetune
+from bert_jax.training import finetune, protocol
 from tests.helpers import CollectedProcess
 from tests.test_finetune import CONFIG, make_arrays
 
@@ -118,7 +118,7 @@ def _protocol(workdir, train, dev, **kw):
                                             save_best_model=False, checkpoint_every_steps=3,
                                             max_steps_this_run=0))
     config.update(kw)
-    return finetune.run_protocol(config, str(workdir), CONFIG_DROPOUT, None, "classification", 3, train, dev,
+    return protocol.run_protocol(config, str(workdir), CONFIG_DROPOUT, None, "classification", 3, train, dev,
                                  _evaluate, "score", task="t")
 
 

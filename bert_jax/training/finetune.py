@@ -40,8 +40,7 @@ import numpy as np
 
 from bert_jax import modeling
 from bert_jax.cli import parse_list
-from bert_jax.data.batching import (DEFAULT_BUCKETS, INPUT_KEYS, PAD_LOGIT, bucket_lengths,  # noqa: F401
-                                    iterate_batches, sequence_lengths)
+from bert_jax.data.batching import INPUT_KEYS, PAD_LOGIT, bucket_lengths, iterate_batches
 from bert_jax.training import checkpointing, optim, parallel, preemption, step as step_lib
 
 KINDS = step_lib.FINETUNE_KINDS
@@ -498,15 +497,3 @@ def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Map
 def _host_losses(losses) -> list:
     """Device float32 losses -> Python floats (exact), for a checkpoint's JSON."""
     return [float(x) for x in np.asarray(jax.device_get(jnp.stack(losses)))] if losses else []
-
-
-# The protocol moved to `bert_jax.training.protocol`; its names still read from here.
-_PROTOCOL_NAMES = ("run_protocol", "ProtocolResult", "load_model_and_tokenizer", "write_results", "drop_saved_params",
-                   "run_dir_for", "RESULT_FILE", "BEST_PARAMS_DIR")
-
-
-def __getattr__(name):
-    if name in _PROTOCOL_NAMES:
-        from bert_jax.training import protocol
-        return getattr(protocol, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

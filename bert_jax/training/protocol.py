@@ -17,9 +17,8 @@ import jax
 import numpy as np
 
 from bert_jax import modeling
-from bert_jax.cli import parse_list  # noqa: F401 (re-exported: experiments read lists with it)
 from bert_jax.training import parallel, preemption
-from bert_jax.training.finetune import (FinetuneOptions, Finetuner, Preempted, _check_fingerprint,  # noqa: F401
+from bert_jax.training.finetune import (FinetuneOptions, Finetuner, Preempted, _check_fingerprint,
                                         _plain_json, build_model, finetune, init_params, optimizer_config,
                                         run_fingerprint, score)
 

@@ -76,7 +76,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         raise ValueError("regression=True: the linear probe is a classifier (LogisticRegression); use "
                          "experiments/classification for regression tasks")
     try:
-        c_grid = sorted(finetune.parse_list(config.c_grid, float))
+        c_grid = sorted(cli.parse_list(config.c_grid, float))
     except ValueError as e:
         raise ValueError(f"c_grid={config.c_grid!r}: {e}; give the C values to try, e.g. 0.01,0.1,1,10") from None
     if any(not c > 0 for c in c_grid):

@@ -416,13 +416,12 @@ def linear_probe_grid(config, model_config, pretrained, encoded, spec, metric, f
     import numpy as np
 
     from bert_jax import probe
-    from bert_jax.training import finetune
 
     n_train = len(encoded["train"]["input_ids"])
     subsets = {(f, s): subset_indices(n_train, f, s) for f in fractions for s in seeds}
     needed = np.unique(np.concatenate(list(subsets.values())))
     feature_fn = probe.make_feature_fn(model_config, config.probe_features)
-    c_grid = finetune.parse_list(config.probe_c_grid, float)
+    c_grid = cli.parse_list(config.probe_c_grid, float)
     out = []
     for init in inits:
         t0 = time.time()
@@ -455,7 +454,7 @@ def linear_probe_grid(config, model_config, pretrained, encoded, spec, metric, f
 def enable_compilation_cache(directory: str) -> None:
     """Keeps XLA's executables on disk. The runs of one fraction differ only in seed, init and subset --
     the same shapes and learning-rate schedule, so the same programs -- and each run builds its steps
-    afresh (``finetune.run_protocol``); with the cache only the first run of a fraction compiles (on 2
+    afresh (``protocol.run_protocol``); with the cache only the first run of a fraction compiles (on 2
     CPU cores a compile costs 20-60 s, a cached one ~3 s)."""
     import jax
     jax.config.update("jax_compilation_cache_dir", directory)
