@@ -54,17 +54,24 @@ def is_bert_jax_dir(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, MARKER))
 
 
+def _local_checkpointer():
+    """An Orbax checkpointer for host numpy trees that this process reads or writes alone (no collective
+    with the other processes of a multi-process run: an export is written by one of them)."""
+    import orbax.checkpoint as ocp
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+
+
 def save_params(directory: str, config: BertConfig, params) -> str:
     """Exports ``params`` (host numpy or jax arrays) as a bert_jax model directory."""
-    import orbax.checkpoint as ocp
-
     directory = abspath(directory)
     target = os.path.join(directory, "params")
     if os.path.exists(target):
         raise ValueError(f"{target} already exists; choose an empty output directory")
     os.makedirs(directory, exist_ok=True)
     host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
-    with ocp.StandardCheckpointer() as ckptr:
+    with _local_checkpointer() as ckptr:
         ckptr.save(target, host)
         ckptr.wait_until_finished()
     write_marker(directory, config)
@@ -78,10 +85,9 @@ def latest_step_dir(checkpoints_dir: str):
 
 
 def _restore_tree(path: str):
-    import orbax.checkpoint as ocp
     path = abspath(path)  # Orbax refuses relative paths
     try:
-        with ocp.StandardCheckpointer() as ckptr:
+        with _local_checkpointer() as ckptr:
             tree = ckptr.restore(path)
     except Exception as e:  # orbax/tensorstore raise many error types for a damaged checkpoint
         raise ValueError(f"{path}: cannot restore Orbax checkpoint ({type(e).__name__}: "

@@ -13,6 +13,10 @@ in again every step; it has to happen before the first JAX computation), makes `
 config's path fields (`PATH_FIELDS`) absolute with ``~`` expanded (users type relative paths), quiets Orbax's INFO logging
 unless ``--verbosity`` is given and turns a ValueError / FloatingPointError into one ``name: message``
 line and exit status 1, instead of a traceback.
+
+Every main runs as several processes the same way (outside a Cloud TPU VM, where nothing is needed):
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``, with every wait bounded
+(``--initialization_timeout``, ``--heartbeat_timeout``; `parallel.initialize_distributed`).
 """
 
 from __future__ import annotations
@@ -66,6 +70,14 @@ def define_flags(config_help: str, workdir_help: str = "Output directory (result
         config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
     if "workdir" not in FLAGS:
         flags.DEFINE_string("workdir", None, workdir_help)
+    if "coordinator_address" not in FLAGS:
+        flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process runs off TPU VMs).")
+        flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+        flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+        flags.DEFINE_integer("initialization_timeout", 300,
+                             "Seconds every process has to connect to the coordinator (multi-process runs).")
+        flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds without a heartbeat after which a process "
+                             "counts as dead and every process stops.")
 
 
 def run(train_and_evaluate: Callable, name: str, before: Callable[[], None] | None = None) -> None:
@@ -79,6 +91,14 @@ def run(train_and_evaluate: Callable, name: str, before: Callable[[], None] | No
         if not FLAGS["verbosity"].present:  # Orbax logs every file it writes at INFO
             logging.set_verbosity(logging.WARNING)
         try:
+            from bert_jax.training import parallel
+            parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                            initialization_timeout=FLAGS.initialization_timeout,
+                                            heartbeat_timeout=FLAGS.heartbeat_timeout)
+            import jax
+            if jax.process_count() > 1:
+                print(f"{name}: process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} "
+                      f"devices ({jax.local_device_count()} local)", flush=True)
             if before is not None:
                 before()
             config = normalize_config_paths(FLAGS.config)

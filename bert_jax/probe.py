@@ -85,7 +85,7 @@ def extract_features(feature_fn, params, arrays, batch_size: int, length_bucket:
         for k, x in inputs.items():
             x = x[idx, :cut]
             batch[k] = np.concatenate([x, np.zeros((batch_size - len(idx), cut), x.dtype)])
-        feats = np.asarray(jax.device_get(feature_fn(params, parallel.global_batch_from_host(batch, mesh))))
+        feats = parallel.fetch(feature_fn(params, parallel.global_batch_from_whole(batch, mesh)))
         if out is None:
             out = np.zeros((n, feats.shape[-1]), np.float32)
         out[idx] = feats[:len(idx)]

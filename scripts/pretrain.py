@@ -16,27 +16,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import flags  # noqa: E402
-
 from bert_jax import cli  # noqa: E402
 
 cli.define_flags("Config file, e.g. bert_jax/configs/pretrain.py:size=tiny",
                  "Where checkpoints, TensorBoard events and results go (resumes from it).")
-flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process runs off TPU VMs).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
-flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
-flags.DEFINE_integer("initialization_timeout", 300,
-                     "Seconds every process has to connect to the coordinator (multi-process runs).")
-flags.DEFINE_integer("heartbeat_timeout", 100,
-                     "Seconds without a heartbeat after which a process counts as dead and every process stops.")
-FLAGS = flags.FLAGS
-
-
-def _initialize():
-    from bert_jax.training import parallel
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                                    initialization_timeout=FLAGS.initialization_timeout,
-                                    heartbeat_timeout=FLAGS.heartbeat_timeout)
 
 
 def _train_and_evaluate(config, workdir):
@@ -45,4 +28,4 @@ def _train_and_evaluate(config, workdir):
 
 
 if __name__ == "__main__":
-    cli.run(_train_and_evaluate, "pretrain", before=_initialize)
+    cli.run(_train_and_evaluate, "pretrain")

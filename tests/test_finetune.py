@@ -9,7 +9,7 @@ import pytest
 
 from bert_jax import modeling
 from bert_jax.data import batching
-from bert_jax.training import finetune, optim, protocol
+from bert_jax.training import finetune, optim, protocol, step as step_lib
 
 L = 64
 CONFIG = modeling.BertConfig(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -173,7 +173,8 @@ def test_adam_fields_are_honoured():
     for batch, _ in batching.iterate_batches(train, 8, np.random.default_rng(7),
                                              buckets=batching.bucket_lengths(L)):
         def loss_fn(q):
-            total, count = finetune.loss_sums("classification", finetune._forward(model, q, batch, True), batch)
+            out = step_lib.finetune_forward(model, q, batch, True)
+            total, count = step_lib.finetune_loss_sums("classification", out, batch)
             return total / count
         updates, state = tx.update(jax.grad(loss_fn)(p), state, p)
         p = optax.apply_updates(p, updates)

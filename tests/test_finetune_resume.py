@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bert_jax.training import finetune, protocol
+from bert_jax.training import finetune, protocol, resume
 from tests.helpers import CollectedProcess
 from tests.test_finetune import CONFIG, make_arrays
 
@@ -65,10 +65,10 @@ def test_resume_mid_epoch_and_across_epochs_is_bit_identical(data, tmp_path):
     ref = _run(*data)
     assert ref.steps == 24 and len(ref.history) == 3
     run_dir = str(tmp_path / "run")
-    with pytest.raises(finetune.Preempted) as stopped:
+    with pytest.raises(resume.Preempted) as stopped:
         _run(train, dev, run_dir, max_steps=5)          # mid-epoch 1, after the checkpoint at step 4
     assert stopped.value.code == 0
-    with pytest.raises(finetune.Preempted):
+    with pytest.raises(resume.Preempted):
         _run(train, dev, run_dir, max_steps=6)          # through the end of epoch 1 to step 11
     res = _run(train, dev, run_dir)
     assert res.steps_run == 24 - 11
@@ -88,7 +88,7 @@ def test_sigterm_saves_at_the_next_step_and_resumes(data, tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
         return _evaluate(outputs)
     run_dir = str(tmp_path / "run")
-    with pytest.raises(finetune.Preempted):
+    with pytest.raises(resume.Preempted):
         _run(train, dev, run_dir, evaluate=evaluate_then_sigterm, checkpoint_every_steps=0)
     assert os.path.isdir(os.path.join(run_dir, "checkpoints", "9"))
     res = _run(train, dev, run_dir, checkpoint_every_steps=0)
@@ -100,13 +100,13 @@ def test_a_checkpoint_of_other_settings_is_refused(data, tmp_path):
     train, dev = data
     model = finetune.build_model(CONFIG_DROPOUT, "classification", 3)
     opts = _options()
-    fp = finetune.run_fingerprint(opts, "classification", 3, CONFIG_DROPOUT, train, dev)
+    fp = resume.run_fingerprint(opts, "classification", 3, CONFIG_DROPOUT, train, dev)
     run_dir = str(tmp_path / "run")
     params = finetune.init_params(model, jax.random.PRNGKey(0))
-    with pytest.raises(finetune.Preempted):
+    with pytest.raises(resume.Preempted):
         finetune.finetune(model, "classification", params, train, dev, _evaluate, "score", opts, run_dir=run_dir,
                           max_steps=2, fingerprint=fp)
-    other = finetune.run_fingerprint(_options(adam_b2=0.98), "classification", 3, CONFIG_DROPOUT, train, dev)
+    other = resume.run_fingerprint(_options(adam_b2=0.98), "classification", 3, CONFIG_DROPOUT, train, dev)
     with pytest.raises(ValueError, match=r"holds a run made with other settings \(options.adam_b2 differ\)"):
         finetune.finetune(model, "classification", params, train, dev, _evaluate, "score", opts, run_dir=run_dir,
                           fingerprint=other)
@@ -135,7 +135,7 @@ def test_protocol_resumes_and_skips_finished_runs(data, tmp_path, capsys):
     ref = _protocol(tmp_path / "ref", train, dev)
     workdir = tmp_path / "interrupted"
     for budget in (20, 30):   # 16 steps per run: stops at step 4 of run 2, then (runs 2, 3 done) at step 2 of run 4
-        with pytest.raises(finetune.Preempted):
+        with pytest.raises(resume.Preempted):
             _protocol(workdir, train, dev, max_steps_this_run=budget)
     capsys.readouterr()
     res = _protocol(workdir, train, dev)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from bert_jax.training import loop
+from tests.test_finetune_resume import tiny_task  # noqa: F401 (a fixture)
 from tests.test_pretrain_loop import REPO, SMALL_MODEL, _free_port, scalars
 
 STEPS = dict(num_train_steps=30, checkpoint_every_steps=10, log_every_steps=5, eval_every_steps=15,
@@ -160,3 +161,50 @@ def test_watchdog_ends_a_stalled_process():
     assert r.returncode == 3, r.stderr[-2000:]
     assert "process 0: no progress for" in r.stderr and "while saving checkpoint 7 at step 7" in r.stderr
     assert time.time() - t0 < 50
+
+
+# ------------------------------------------------------------------ fine-tuning: experiments/classification
+def _numbers_close(got, want, where="results"):
+    """Equal structure and strings; numbers equal to 1e-5 relative (float summation order only)."""
+    if isinstance(want, dict):
+        assert sorted(got) == sorted(want), where
+        for k in want:
+            _numbers_close(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _numbers_close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=where)
+    else:
+        assert got == want, where
+
+
+def test_finetuning_on_two_processes_resumes_and_matches_one(tiny_task, tmp_path):
+    """experiments/classification as users run it on 2 processes x 4 devices: stopped by
+    max_steps_this_run mid-epoch (every process saves, exit 0), resumed by the same command, checkpoints
+    every 5 steps on the way; results.json equals 1 process x 8 devices'."""
+    from tests.test_finetune_resume import _command as finetune_command, _results
+
+    extra = ("--config.seeds=0", "--config.num_epochs=2")   # 12 steps per epoch, 24 in all
+
+    def on_two(workdir, *more):
+        port = _free_port()
+        return [finetune_command(tiny_task, workdir, *extra, *more, f"--coordinator_address=127.0.0.1:{port}",
+                                 "--num_processes=2", f"--process_id={i}", "--initialization_timeout=120",
+                                 "--heartbeat_timeout=60") for i in range(2)]
+
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    results = run_processes([finetune_command(tiny_task, one, *extra)], str(tmp_path / "logs1"), 240, devices=8)
+    _check(results, "1 process x 8 devices")
+    results = run_processes(on_two(two, "--config.max_steps_this_run=17"), str(tmp_path / "logs2"), 240)
+    _check(results, "2 processes, stopped")
+    assert "classification: process 0 of 2, 8 devices (4 local)" in results[0][1], results[0][1][-3000:]
+    assert "seed=0] max_steps_this_run reached: saved step 17" in results[0][1], results[0][1][-3000:]
+    assert not os.path.exists(os.path.join(two, "results.json"))
+    results = run_processes(on_two(two), str(tmp_path / "logs3"), 240)
+    _check(results, "2 processes, resumed")
+    assert "seed=0] resuming from step 17 (epoch 2" in results[0][1], results[0][1][-3000:]
+    got, want = _results(two), _results(one)
+    assert len(got["runs"][0]["history"]) == 2 and got["runs"][0]["steps"] == 24
+    _numbers_close(got, want)

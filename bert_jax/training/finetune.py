@@ -1,5 +1,5 @@
-"""Fine-tuning: the task heads' train step, a small epoch loop with best-on-dev selection, and the
-lr x seed protocol the experiments share.
+"""Fine-tuning: the task heads' compiled steps and the epoch loop with best-on-dev selection (the lr x
+seed protocol around it is `protocol`).
 
 Shared by every experiment in ``experiments/`` (classification, regression, token classification,
 question answering): the experiments own their data and metrics; this module owns the optimisation.
@@ -14,23 +14,16 @@ the head: ``labels`` [B] (class id or float score) / [B, L] (token tags, -100 ig
 (`bucket_lengths`): each shape compiles once per process, shared by every run of the lr x seed
 protocol (the learning-rate schedule is data in the state, not a constant in the step).
 
-Checkpoints, as in pre-training: a run given a ``run_dir`` (every run of `run_protocol`) saves Orbax
-checkpoints there every ``checkpoint_every_steps`` -- the state, the data order (the numpy rng state at
-the epoch's start and the batches done), the epoch's losses so far, the history, the best dev metrics
-and parameters -- and resumes from the newest one, bit-identical to an uninterrupted run. SIGTERM (or
-``max_steps_this_run``) saves at the next step boundary and raises `Preempted` (exit status 0); the same
-command resumes. A finished run of the protocol leaves ``result.json`` and is not trained again.
+Checkpoints, as in pre-training (`resume`): a run given a ``run_dir`` (every run of `protocol.run_protocol`)
+saves there every ``checkpoint_every_steps`` and on SIGTERM, and resumes from the newest checkpoint,
+bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import time
-import types
 from typing import Any, Callable, Dict, Mapping, Optional
 
 import jax
@@ -41,7 +34,7 @@ import numpy as np
 from bert_jax import modeling
 from bert_jax.cli import parse_list
 from bert_jax.data.batching import INPUT_KEYS, PAD_LOGIT, bucket_lengths, iterate_batches
-from bert_jax.training import checkpointing, optim, parallel, preemption, step as step_lib
+from bert_jax.training import optim, parallel, preemption, resume, step as step_lib
 
 KINDS = step_lib.FINETUNE_KINDS
 IGNORE_INDEX = step_lib.IGNORE_INDEX
@@ -80,22 +73,12 @@ def init_params(model, rng, pretrained: Optional[Mapping] = None, source: str = 
 
 
 # ----------------------------------------------------------------------------------------------
-# Losses (the step and the losses live in `step`)
-# ----------------------------------------------------------------------------------------------
-
-_forward = step_lib.finetune_forward
-loss_sums = step_lib.finetune_loss_sums
-schedule_values = step_lib.schedule_values
-learning_rate_at = step_lib.learning_rate_at
-
-
-# ----------------------------------------------------------------------------------------------
 # Compiled steps, shared across runs
 # ----------------------------------------------------------------------------------------------
 
 def make_predict_step(model):
     def predict_step(params, batch):
-        out = _forward(model, params, batch, True)
+        out = step_lib.finetune_forward(model, params, batch, True)
         if isinstance(out, modeling.QuestionAnsweringOutput):
             return jnp.stack([out.start_logits, out.end_logits], axis=-1)
         return out
@@ -122,7 +105,8 @@ def _compiled(model, kind: str, opt_cfg, mesh_shape) -> dict:
         _COMPILED[key] = dict(
             tx=tx, mesh=mesh, replicated=replicated,
             train=jax.jit(step_lib.make_finetune_step(model, kind), donate_argnums=(0,)),
-            predict=jax.jit(make_predict_step(model)),
+            # Outputs replicated: every process reads them whole (the batch is sharded over every process).
+            predict=jax.jit(make_predict_step(model), out_shardings=replicated),
             # Placed like the train step's outputs, so its second call does not compile a second time.
             init=jax.jit(tx.init, out_shardings=replicated))
     return _COMPILED[key]
@@ -186,43 +170,6 @@ class FinetuneOptions:
         return cls(**values)
 
 
-# Fields that do not change a run's result (so a finished or checkpointed run stays valid without them).
-_NOT_IN_FINGERPRINT = ("learning_rate", "learning_rates", "seeds", "save_best_model", "checkpoint_every_steps",
-                       "max_steps_this_run")
-
-
-def _plain_json(x):
-    """``x`` as it reads back from JSON (numpy scalars -> Python numbers, tuples -> lists): what a
-    checkpoint or result.json gives back, so a resumed run holds the same values as an uninterrupted one."""
-    return json.loads(json.dumps(x, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
-
-
-def run_fingerprint(opts: FinetuneOptions, kind: str, num_labels: int, model_config: modeling.BertConfig,
-                    train: Mapping[str, np.ndarray], dev: Mapping[str, np.ndarray]) -> dict:
-    """What a run's result depends on besides its learning rate and seed: the options, the head, the model
-    config and a digest of the train and dev arrays. A saved run is reused only when it matches."""
-    digest = hashlib.sha256()
-    for split, arrays in (("train", train), ("dev", dev)):
-        for key in sorted(arrays):
-            a = np.ascontiguousarray(np.asarray(arrays[key]))
-            digest.update(f"{split}/{key}:{a.dtype.str}:{a.shape};".encode())
-            digest.update(a.tobytes())
-    options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name not in _NOT_IN_FINGERPRINT}
-    return _plain_json({"kind": kind, "num_labels": int(num_labels), "model_config": model_config.to_hf_dict(),
-                        "options": options, "data_sha256": digest.hexdigest()})
-
-
-def _check_fingerprint(saved, fingerprint, where: str):
-    if fingerprint is None or saved == fingerprint:
-        return
-    saved = saved or {}
-    diffs = sorted({k for k in set(saved) | set(fingerprint) if k != "options" and saved.get(k) != fingerprint.get(k)}
-                   | {f"options.{k}" for k in set(saved.get("options", {})) | set(fingerprint.get("options", {}))
-                      if saved.get("options", {}).get(k) != fingerprint.get("options", {}).get(k)})
-    raise ValueError(f"{where} holds a run made with other settings ({', '.join(diffs) or 'unknown'} differ); "
-                     "use a new --workdir, or delete it to start that run again")
-
-
 def optimizer_config(opts: FinetuneOptions, num_examples: int) -> ml_collections.ConfigDict:
     """The `optim` config of a run over ``num_examples``: ``num_epochs`` of steps, ``warmup_proportion``
     of them warming up, the options' optimizer (AdamW by default) and fields."""
@@ -251,15 +198,6 @@ class FinetuneResult:
     steps_run: int = 0                  # steps trained in this call (fewer than ``steps`` after a resume)
 
 
-class Preempted(SystemExit):
-    """Fine-tuning saved a checkpoint on SIGTERM (or at ``max_steps_this_run``) and stopped: the process
-    ends with status 0 (a SystemExit with code 0); running the same command again resumes."""
-
-    def __init__(self, message: str = ""):
-        super().__init__(0)
-        self.message = message
-
-
 class Finetuner:
     """Compiled fine-tuning steps for one model + optimizer, on all devices (data parallel). Finetuners of
     the same model config, kind, optimizer structure and mesh share their compiled functions.
@@ -272,7 +210,7 @@ class Finetuner:
     def __init__(self, model, kind: str, opt_cfg: ml_collections.ConfigDict, mesh_shape=(-1, 1, 1), buckets=None):
         self.model, self.kind, self.buckets = model, kind, buckets
         self.schedule = optim.make_schedule(opt_cfg)          # host side, for the logs
-        self.lr_schedule = schedule_values(opt_cfg)
+        self.lr_schedule = step_lib.schedule_values(opt_cfg)
         fns = _compiled(model, kind, opt_cfg, mesh_shape)
         self.tx, self.mesh, self.replicated = fns["tx"], fns["mesh"], fns["replicated"]
         self.train_step, self._predict, self._init = fns["train"], fns["predict"], fns["init"]
@@ -298,7 +236,7 @@ class Finetuner:
                                       shapes)
 
     def put(self, batch):
-        return parallel.global_batch_from_host(batch, self.mesh)
+        return parallel.global_batch_from_whole(batch, self.mesh)
 
     def _buckets_for(self, arrays):
         return bucket_lengths(np.shape(arrays["input_ids"])[1], self.buckets)
@@ -329,46 +267,6 @@ class Finetuner:
 def kind_is_positional(kind: str) -> bool:
     """Whether the head's outputs have a length axis ([N, L, ...])."""
     return kind in ("token", "qa")
-
-
-@dataclasses.dataclass
-class _Progress:
-    """Where a run is, besides its TrainState: what a checkpoint's meta holds."""
-    epoch: int = 0                       # the epoch in progress (0-based)
-    batch: int = 0                       # its batches done
-    epoch_rng: Optional[dict] = None     # the numpy data-order rng state at its start
-    epoch_losses: list = dataclasses.field(default_factory=list)   # its train losses so far (float32 values)
-    history: list = dataclasses.field(default_factory=list)
-    best: Optional[dict] = None
-    best_epoch: int = -1
-    seconds: float = 0.0
-
-
-def _save(checkpoints, step: int, state, progress: _Progress, best_params, fingerprint, wait: bool):
-    """A checkpoint at ``step``: the state, the best parameters (the current ones until the first epoch
-    ends: a placeholder, so every checkpoint has the same items) and the progress as JSON."""
-    saved = types.SimpleNamespace(   # `checkpointing.Checkpoints` writes .params, (.opt_state, .step), meta
-        params=state.params, step=state.step,
-        opt_state={"opt_state": state.opt_state, "best_params": state.params if best_params is None else best_params})
-    meta = {"step": step, "fingerprint": fingerprint,
-            **{f.name: getattr(progress, f.name) for f in dataclasses.fields(_Progress)}}
-    checkpoints.save(step, saved, meta, wait=wait)
-
-
-def _restore(checkpoints, ft: Finetuner, state, fingerprint, label: str):
-    step = checkpoints.latest_step()
-    abstract = ft.abstract_state(state.params)
-    bundle = types.SimpleNamespace(params=abstract.params, step=abstract.step,
-                                   opt_state={"opt_state": abstract.opt_state, "best_params": abstract.params})
-    params, opt_state, step_arr, meta = checkpoints.restore(step, bundle)
-    _check_fingerprint(meta.get("fingerprint"), fingerprint, checkpoints.dir)
-    progress = _Progress(**{f.name: meta[f.name] for f in dataclasses.fields(_Progress)})
-    best_params = jax.device_get(opt_state["best_params"]) if progress.best_epoch >= 0 else None
-    state = state.replace(step=step_arr, params=params, opt_state=opt_state["opt_state"])
-    if jax.process_index() == 0:
-        print(f"{label} resuming from step {int(meta['step'])} (epoch {progress.epoch + 1}, {checkpoints.dir})",
-              flush=True)
-    return state, progress, best_params, int(meta["step"])
 
 
 def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Mapping[str, np.ndarray],
@@ -407,23 +305,16 @@ def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Map
     # the padding would change it, so QA trains at the full length (SQuAD windows mostly fill it anyway).
     train_buckets = () if kind == "qa" else ft._buckets_for(train)
     patience = int(opts.early_stopping_patience)
-    every = int(opts.checkpoint_every_steps)
-
-    progress, best_params, step = _Progress(), None, 0
-    checkpoints = checkpointing.Checkpoints(run_dir, keep=1) if run_dir else None
-    if checkpoints is not None and checkpoints.latest_step() is not None:
-        state, progress, best_params, step = _restore(checkpoints, ft, state, fingerprint, label)
-    history, best, best_epoch = progress.history, progress.best, progress.best_epoch
-    start_step, steps_run, seconds_before = step, 0, progress.seconds
-    t_start = last_report = time.time()
-    epochs = math.ceil(float(opts.num_epochs))
-    # Several processes decide together whether to stop (every 10 steps); one process at every step.
-    check_every = 1 if jax.process_count() == 1 else 10
-    with contextlib.ExitStack() as stack:
-        if checkpoints is not None:
-            stack.callback(checkpoints.close)
-            if preempt is None:
-                preempt = stack.enter_context(preemption.PreemptionFlag())
+    progress, best_params, step = resume.Progress(), None, 0
+    ckpt = resume.RunCheckpoints(run_dir, fingerprint, opts.checkpoint_every_steps, max_steps, preempt, label)
+    with ckpt:
+        restored = ckpt.restore(ft, state)
+        if restored is not None:
+            state, progress, best_params, step = restored
+        history, best, best_epoch = progress.history, progress.best, progress.best_epoch
+        start_step, steps_run, seconds_before = step, 0, progress.seconds
+        t_start = last_report = time.time()
+        epochs = math.ceil(float(opts.num_epochs))
         for epoch in range(progress.epoch, epochs):
             if progress.epoch_rng is not None:   # resuming within this epoch: the same batches, in order
                 np_rng.bit_generator.state = progress.epoch_rng
@@ -444,23 +335,10 @@ def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Map
                     print(f"{label} epoch {epoch + 1}/{epochs} step {step}/{total} train_loss "
                           f"{float(np.mean(jax.device_get(losses[-20:]))):.4f} (last 20) ({rate:.1f} steps/s, "
                           f"ETA {(total - step) / rate:.0f}s)", flush=True)
-                if checkpoints is None:
-                    continue
-                stop = parallel.any_process(preempt.requested) if step % check_every == 0 else False
-                paused = max_steps is not None and steps_run >= max_steps and step < total
-                if stop or paused or (every and step % every == 0):
-                    progress = dataclasses.replace(
-                        progress, epoch=epoch, batch=done + len(losses), epoch_rng=epoch_rng,
-                        epoch_losses=done_losses + _host_losses(losses), history=history, best=best,
-                        best_epoch=best_epoch, seconds=seconds_before + time.time() - t_start)
-                    _save(checkpoints, step, state, progress, best_params, fingerprint, wait=stop or paused)
-                if stop or paused:
-                    why = "SIGTERM" if stop else "max_steps_this_run reached"
-                    message = (f"{label} {why}: saved step {step} to {checkpoints.dir}; exiting (the same "
-                               "command resumes)")
-                    if jax.process_index() == 0:
-                        print(message, flush=True)
-                    raise Preempted(message)
+                ckpt.after_step(step, steps_run, total, state, best_params, lambda: dataclasses.replace(
+                    progress, epoch=epoch, batch=done + len(losses), epoch_rng=epoch_rng,
+                    epoch_losses=done_losses + resume.host_losses(losses), history=history, best=best,
+                    best_epoch=best_epoch, seconds=seconds_before + time.time() - t_start))
             progress = dataclasses.replace(progress, epoch_rng=None, batch=0, epoch_losses=[])
             all_losses = np.asarray(done_losses, np.float32)
             if losses:
@@ -469,7 +347,7 @@ def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Map
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"{label} train loss is {train_loss} in epoch {epoch + 1}; lower the "
                                          f"learning rate ({opts.learning_rate})")
-            dev_metrics = _plain_json(evaluate(ft.predict(state.params, dev, eval_bs)))
+            dev_metrics = resume.plain_json(evaluate(ft.predict(state.params, dev, eval_bs)))
             history.append({"epoch": epoch + 1, "step": step, "train_loss": train_loss, "dev": dev_metrics})
             elapsed = time.time() - t_start
             eta = elapsed / (step - start_step) * (total - step) if step > start_step else 0.0
@@ -493,7 +371,3 @@ def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Map
                           params=best_params, seconds=seconds_before + time.time() - t_start, finetuner=ft,
                           steps_run=steps_run)
 
-
-def _host_losses(losses) -> list:
-    """Device float32 losses -> Python floats (exact), for a checkpoint's JSON."""
-    return [float(x) for x in np.asarray(jax.device_get(jnp.stack(losses)))] if losses else []

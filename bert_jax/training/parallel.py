@@ -63,7 +63,7 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
         if done.wait(timeout):
             return
         who = (f"the other {num_processes - 1} process(es) did not all connect"
-               if process_id == 0 else f"could not register with the coordinator (process 0)")
+               if process_id == 0 else "could not register with the coordinator (process 0)")
         print(f"process {process_id} of {num_processes}: {who} at {coordinator_address} within "
               f"--initialization_timeout={timeout} s. Is every process started with the same "
               "--coordinator_address and --num_processes and its own --process_id, and is process 0 running "
@@ -262,6 +262,31 @@ def global_batch_from_host(batch, mesh: Mesh):
                              f"{e}. The per-host batch must divide over this host's devices along the batch "
                              "axis") from e
     return jax.tree_util.tree_map_with_path(put, batch)
+
+
+def global_batch_from_whole(batch, mesh: Mesh):
+    """The whole global batch, which every host holds (numpy, [global, ...]: fine-tuning's in-memory data,
+    where each process reads the same arrays in the same order) -> global arrays sharded on batch; each
+    host places only its own devices' rows."""
+    sharding = batch_sharding(mesh)
+
+    def put(path, x):
+        x = np.asarray(x)
+        try:
+            return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"cannot place {jax.tree_util.keystr(path)} (shape {x.shape}) with {sharding}: {e}. "
+                             "The batch must divide over the devices along the batch axis") from e
+    return jax.tree_util.tree_map_with_path(put, batch)
+
+
+def fetch(x) -> np.ndarray:
+    """A global array -> the whole of it as numpy, on every host (an all-gather when other hosts hold
+    parts of it)."""
+    if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def shard_for_pmap(batch, num_devices: int = None):

@@ -18,9 +18,9 @@ import numpy as np
 
 from bert_jax import modeling
 from bert_jax.training import parallel, preemption
-from bert_jax.training.finetune import (FinetuneOptions, Finetuner, Preempted, _check_fingerprint,
-                                        _plain_json, build_model, finetune, init_params, optimizer_config,
-                                        run_fingerprint, score)
+from bert_jax.training.finetune import (FinetuneOptions, Finetuner, build_model, finetune, init_params,
+                                        optimizer_config, score)
+from bert_jax.training.resume import Preempted, check_fingerprint, plain_json, run_fingerprint
 
 
 def _tokenizer_path_for(checkpoint: str) -> str:
@@ -84,7 +84,7 @@ def _finished_run(run_dir: str, fingerprint: dict) -> Optional[dict]:
         return None
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
-    _check_fingerprint(saved.pop("fingerprint", None), fingerprint, run_dir)
+    check_fingerprint(saved.pop("fingerprint", None), fingerprint, run_dir)
     return saved
 
 
@@ -174,7 +174,7 @@ def run_protocol(config, workdir, model_config, pretrained, kind, num_labels, tr
         "best_learning_rate": best_lr, "seeds": seeds, "learning_rates": lrs,
         "init_checkpoint": opts.init_checkpoint or None,
         "model_config": model_config.to_hf_dict(), "steps": int(at_best[0]["steps"]),
-        "config": config.to_dict() if hasattr(config, "to_dict") else _plain_json(dataclasses.asdict(opts)),
+        "config": config.to_dict() if hasattr(config, "to_dict") else plain_json(dataclasses.asdict(opts)),
         "runs": runs,
     }
     # The best seed at the chosen lr: from memory when this call trained it, else from its run dir.
