@@ -215,9 +215,6 @@ class Finetuner:
         self.tx, self.mesh, self.replicated = fns["tx"], fns["mesh"], fns["replicated"]
         self.train_step, self._predict, self._init = fns["train"], fns["predict"], fns["init"]
 
-    def init_opt_state(self, params):
-        return self._init(params)
-
     def init_state(self, params) -> step_lib.TrainState:
         """Step 0 with ``params`` (host or device arrays; the step donates the state, so device arrays are
         copied, never given away), replicated over the mesh."""
@@ -226,14 +223,6 @@ class Finetuner:
         return step_lib.TrainState(step=jax.device_put(np.zeros((), np.int32), self.replicated), params=params,
                                    opt_state=self._init(params), tx=self.tx,
                                    lr_schedule=jax.device_put(self.lr_schedule, self.replicated))
-
-    def abstract_state(self, params) -> step_lib.TrainState:
-        """ShapeDtypeStructs (replicated) of `init_state`'s state for ``params`` (arrays or structs)."""
-        shapes = jax.eval_shape(lambda p: step_lib.TrainState(
-            step=jnp.zeros((), jnp.int32), params=p, opt_state=self.tx.init(p), tx=self.tx,
-            lr_schedule=jnp.zeros(np.shape(self.lr_schedule), jnp.float32)), params)
-        return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
-                                      shapes)
 
     def put(self, batch):
         return parallel.global_batch_from_whole(batch, self.mesh)
@@ -308,7 +297,7 @@ def finetune(model, kind: str, params, train: Mapping[str, np.ndarray], dev: Map
     progress, best_params, step = resume.Progress(), None, 0
     ckpt = resume.RunCheckpoints(run_dir, fingerprint, opts.checkpoint_every_steps, max_steps, preempt, label)
     with ckpt:
-        restored = ckpt.restore(ft, state)
+        restored = ckpt.restore(state)
         if restored is not None:
             state, progress, best_params, step = restored
         history, best, best_epoch = progress.history, progress.best, progress.best_epoch

@@ -96,7 +96,7 @@ class Progress:
 class RunCheckpoints:
     """The checkpoints of one run in ``run_dir`` (None: none, and `after_step` never stops the run).
 
-    ``with RunCheckpoints(...) as ckpt``: ``ckpt.restore(finetuner, state)`` resumes the newest
+    ``with RunCheckpoints(...) as ckpt``: ``ckpt.restore(state)`` resumes the newest
     checkpoint (or returns None); ``ckpt.after_step(...)`` after every step saves when one is due and
     raises `Preempted` on SIGTERM (``preempt``: a flag the caller holds over several runs; default: one
     for this run) or after ``max_steps`` steps in this process."""
@@ -121,12 +121,12 @@ class RunCheckpoints:
     def __exit__(self, *exc):
         self._stack.close()
 
-    def restore(self, finetuner, state):
-        """(state, progress, best params or None, step) from the newest checkpoint, or None.
-        ``finetuner``: a `finetune.Finetuner`, for the state's shapes and placement."""
+    def restore(self, state):
+        """(state, progress, best params or None, step) from the newest checkpoint, or None. ``state``: a
+        fresh state of the run, whose shapes and placement the restored arrays take."""
         if self.checkpoints is None or self.checkpoints.latest_step() is None:
             return None
-        abstract = finetuner.abstract_state(state.params)
+        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         bundle = types.SimpleNamespace(params=abstract.params, step=abstract.step,
                                        opt_state={"opt_state": abstract.opt_state, "best_params": abstract.params})
         params, opt_state, step_arr, meta = self.checkpoints.restore(self.checkpoints.latest_step(), bundle)
