@@ -145,7 +145,7 @@ def synthetic_batch(rng, batch_size, seq_len, max_predictions, vocab_size):
         lm_ids[b, :k] = ids[b, p]
         lm_w[b, :k] = 1.0
     nsp = rng.integers(0, 2, (batch_size, 1)).astype(np.int32)  # [B, 1], as the pipeline yields them
-    return {"input_ids": ids, "input_mask": mask, "segment_ids": seg, "masked_lm_positions": pos,
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": seg, "masked_lm_positions": pos,
             "masked_lm_ids": lm_ids, "masked_lm_weights": lm_w, "next_sentence_labels": nsp}
 
 
@@ -257,8 +257,8 @@ def hf_pretrain_sums(hf_model, params, batch, rng=None, deterministic=True):
     """HF's forward (logits at all L positions, as its API returns them), gathered at the masked positions."""
     from bert_jax.modeling import gather_positions
     from bert_jax.training.step import sums_from_logits
-    out = hf_model(batch["input_ids"], attention_mask=batch["input_mask"],
-                   token_type_ids=batch["segment_ids"], params=params,
+    out = hf_model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                   token_type_ids=batch["token_type_ids"], params=params,
                    dropout_rng=None if deterministic else rng, train=not deterministic)
     mlm = gather_positions(out.prediction_logits, batch["masked_lm_positions"])
     return sums_from_logits(mlm, out.seq_relationship_logits, batch)
@@ -610,7 +610,7 @@ def bench_pipeline(config_runs, quick, workdir):
             feats = synthetic_batch(np.random.default_rng(1), n_records, L, P, FLAGS.vocab_size)
             files = {}
             for kind in (records.MASKED, records.UNMASKED):
-                names = records.feature_kinds(kind)
+                names = records.batch_keys(kind)
                 paths = []
                 for shard in range(4):
                     path = os.path.join(workdir, f"{kind}-L{L}-P{P}-{shard}.tfrecord")

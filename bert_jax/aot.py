@@ -212,7 +212,8 @@ def pretrain_steps(config, topo: Topology, vocab_size: int, phase: Optional[int]
                            f"{bert_config.max_position_embeddings}")
         B, L, Pn = ph.global_batch_size, ph.seq_len, ph.max_predictions
         batch = _batch_structs(trainer.mesh, {
-            "input_ids": ((B, L), jnp.int32), "input_mask": ((B, L), jnp.int32), "segment_ids": ((B, L), jnp.int32),
+            "input_ids": ((B, L), jnp.int32), "attention_mask": ((B, L), jnp.int32),
+            "token_type_ids": ((B, L), jnp.int32),
             "masked_lm_positions": ((B, Pn), jnp.int32), "masked_lm_ids": ((B, Pn), jnp.int32),
             "masked_lm_weights": ((B, Pn), jnp.float32), "next_sentence_labels": ((B, 1), jnp.int32)})
         steps.append(Step(f"pretrain phase {ph.index}", trainer.train_step, (state, batch, _rng_struct(trainer.mesh)),

@@ -127,7 +127,7 @@ def _run_task(task):
         "input_tokens": int((store.sentence_starts[store.doc_starts[doc_ids + 1]]
                              - store.sentence_starts[store.doc_starts[doc_ids]]).sum()),
         "instances": n,
-        "real_tokens": int(feats["input_mask"].sum()),
+        "real_tokens": int(feats["attention_mask"].sum()),
         "masked_tokens": int(feats["masked_lm_weights"].sum()) if "masked_lm_weights" in feats else 0,
         "label_1": int(feats["next_sentence_labels"].sum()),
     }

@@ -51,8 +51,9 @@ def pretrain_batch():
     pos = np.stack([rng.choice(np.arange(1, n), P, replace=False) for n in lengths]).astype(np.int32)
     weights = np.ones((B, P), np.float32)
     weights[0, -1] = 0.0
-    return {"input_ids": (rng.integers(5, CONFIG.vocab_size, (B, L)) * mask).astype(np.int32), "input_mask": mask,
-            "segment_ids": ((np.arange(L)[None] >= lengths[:, None] // 2) * mask).astype(np.int32),
+    return {"input_ids": (rng.integers(5, CONFIG.vocab_size, (B, L)) * mask).astype(np.int32),
+            "attention_mask": mask,
+            "token_type_ids": ((np.arange(L)[None] >= lengths[:, None] // 2) * mask).astype(np.int32),
             "masked_lm_positions": pos, "masked_lm_ids": rng.integers(5, CONFIG.vocab_size, (B, P)).astype(np.int32),
             "masked_lm_weights": weights, "next_sentence_labels": np.array([[0], [1], [1], [0]], np.int32)}
 

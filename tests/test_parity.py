@@ -199,7 +199,7 @@ def test_pretraining_gradients_match_pytorch(hf_pretraining, batch, tmp_path):
     labels = rng.integers(0, config.vocab_size, positions.shape).astype(np.int32)
     weights = np.array([[1, 1, 1], [1, 1, 0], [1, 1, 1]], np.float32)   # one padded prediction
     nsp = np.array([0, 1, 1], np.int32)
-    jbatch = {"input_ids": batch["ids"], "input_mask": batch["mask"], "segment_ids": batch["tt"],
+    jbatch = {"input_ids": batch["ids"], "attention_mask": batch["mask"], "token_type_ids": batch["tt"],
               "masked_lm_positions": positions, "masked_lm_ids": labels, "masked_lm_weights": weights,
               "next_sentence_labels": nsp}
 

@@ -15,8 +15,10 @@ from bert_jax.data import pipeline, pretraining, records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS_ROOT = "/usr/share/doc/python3.11/html/_sources"
-FEATURES = ["input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
-            "next_sentence_labels"]
+FEATURES = ["input_ids", "attention_mask", "token_type_ids", "masked_lm_positions", "masked_lm_ids",
+            "masked_lm_weights", "next_sentence_labels"]                           # in memory (batches)
+FILE_FEATURES = ["input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+                 "masked_lm_weights", "next_sentence_labels"]                      # on disk (the original's)
 
 
 def _minilm_vocab():
@@ -66,7 +68,7 @@ def _synthetic(n, seq=16, npred=4, seed=0, start=0):
     ids[:, 1] = 100_000 + start + np.arange(n)   # the example's identity (ids need not be in any vocab here)
     seg = ((j[None] >= lengths[:, None] // 2) & (mask > 0)).astype(np.int64)
     pos = np.sort(rng.choice(np.arange(2, 6), size=(n, npred)), axis=1)
-    return {"input_ids": ids, "input_mask": mask, "segment_ids": seg, "masked_lm_positions": pos,
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": seg, "masked_lm_positions": pos,
             "masked_lm_ids": rng.integers(0, 30522, size=(n, npred)),
             "masked_lm_weights": (rng.random((n, npred)) < 0.7).astype(np.float32),
             "next_sentence_labels": rng.integers(0, 2, size=(n, 1))}
@@ -80,8 +82,8 @@ def _write_with_tf(path, feats):
     with tf.io.TFRecordWriter(path) as w:
         for i in range(n):
             f = collections.OrderedDict()
-            for name in FEATURES:
-                values = feats[name][i]
+            for key, name in zip(FEATURES, FILE_FEATURES):
+                values = feats[key][i]
                 if name == "masked_lm_weights":
                     f[name] = tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
                 else:
@@ -175,19 +177,30 @@ def test_our_writer_parses_identically_with_tensorflow(tmp_path):
     feats["masked_lm_weights"][1, :] = [0.25, -1.5, 3e-8, 1.0, 0.0, 7.0]
     path = str(tmp_path / "ours.tfrecord")
     assert records.write_examples(path, feats) == 50
-    parsed = tf.io.parse_example(next(iter(tf.data.TFRecordDataset(path).batch(100))), records.feature_spec(32, 6))
+    serialized = next(iter(tf.data.TFRecordDataset(path).batch(100)))
+    parsed = tf.io.parse_example(serialized, records.feature_spec(32, 6))      # the file's names
+    for key, name in zip(FEATURES, FILE_FEATURES):
+        np.testing.assert_array_equal(parsed[name].numpy(), feats[key], err_msg=name)
+    assert sorted(tf.train.Example.FromString(records.read_raw_records(path, 1)[0]).features.feature) == \
+        sorted(FILE_FEATURES)
+    parsed = records.parse_fn(32, 6)(serialized)                                 # translated back
+    assert sorted(parsed) == sorted(FEATURES) == sorted(records.batch_keys())
     for name in FEATURES:
         np.testing.assert_array_equal(parsed[name].numpy(), feats[name], err_msg=name)
-    assert sorted(tf.train.Example.FromString(records.read_raw_records(path, 1)[0]).features.feature) == \
-        sorted(FEATURES)
     # the unmasked kind
-    un = {k: feats[k] for k in ("input_ids", "input_mask", "segment_ids", "next_sentence_labels")}
+    un = {k: feats[k] for k in ("input_ids", "attention_mask", "token_type_ids", "next_sentence_labels")}
     records.write_examples(str(tmp_path / "un.tfrecord"), un, kind=records.UNMASKED)
-    parsed = tf.io.parse_example(next(iter(tf.data.TFRecordDataset(str(tmp_path / "un.tfrecord")).batch(100))),
-                                 records.feature_spec(32, 0, records.UNMASKED))
-    assert sorted(parsed) == sorted(un)
+    serialized = next(iter(tf.data.TFRecordDataset(str(tmp_path / "un.tfrecord")).batch(100)))
+    assert sorted(tf.io.parse_example(serialized, records.feature_spec(32, 0, records.UNMASKED))) == sorted(
+        ["input_ids", "input_mask", "segment_ids", "next_sentence_labels"])
+    parsed = records.parse_fn(32, 0, records.UNMASKED)(serialized)
+    assert sorted(parsed) == sorted(un) == sorted(records.batch_keys(records.UNMASKED))
     for name in un:
         np.testing.assert_array_equal(parsed[name].numpy(), un[name])
+    # a batch under the file's names is a mistake the writer names
+    with pytest.raises(ValueError, match=r"named \['attention_mask'\], not \['input_mask'\]"):
+        records.write_examples(str(tmp_path / "stale.tfrecord"), dict(un, input_mask=un["attention_mask"]),
+                               kind=records.UNMASKED)
 
 
 def test_writer_is_atomic(tmp_path):
@@ -298,8 +311,7 @@ def test_errors_are_clear(tmp_path, data_dir):
         _iter(os.path.join(data_dir, "*.tfrecord"), batch_size=2, max_seq_length=128)
     with pytest.raises(ValueError, match=r"'masked_lm_positions' has length 4.*max_predictions_per_seq=20"):
         _iter(os.path.join(data_dir, "*.tfrecord"), batch_size=2, max_predictions_per_seq=20)
-    un = {k: v for k, v in _synthetic(5).items() if k in ("input_ids", "input_mask", "segment_ids",
-                                                          "next_sentence_labels")}
+    un = {k: v for k, v in _synthetic(5).items() if k in records.batch_keys(records.UNMASKED)}
     records.write_examples(str(tmp_path / "un.tfrecord"), un, kind=records.UNMASKED)
     with pytest.raises(ValueError, match="dynamic_masking=True"):
         _iter(str(tmp_path / "un.tfrecord"), batch_size=2)
@@ -328,8 +340,8 @@ def _mask_check(batches, tok, whole_word=False):
     pos = np.concatenate([b["masked_lm_positions"] for b in batches])
     lab = np.concatenate([b["masked_lm_ids"] for b in batches])
     w = np.concatenate([b["masked_lm_weights"] for b in batches])
-    mask = np.concatenate([b["input_mask"] for b in batches])
-    seg = np.concatenate([b["segment_ids"] for b in batches])
+    mask = np.concatenate([b["attention_mask"] for b in batches])
+    seg = np.concatenate([b["token_type_ids"] for b in batches])
     lengths = mask.sum(1)
     k = np.minimum(10, np.maximum(1, np.round(lengths * 0.15)))
     if whole_word:
@@ -357,7 +369,7 @@ def test_dynamic_masking_statistics_and_freshness(unmasked_file, tok):
     frac_mask, frac_keep = np.mean(now == tok.mask_id), np.mean(now == was)
     assert abs(frac_mask - 0.8) < 0.02 and abs(frac_keep - 0.1) < 0.02 and abs(1 - frac_mask - frac_keep - 0.1) < 0.02
     # the same examples (no shuffling) get fresh masks in the next epoch
-    assert np.array_equal(first_of_epoch1["segment_ids"], epoch0[0]["segment_ids"])
+    assert np.array_equal(first_of_epoch1["token_type_ids"], epoch0[0]["token_type_ids"])
     same = (first_of_epoch1["masked_lm_positions"] == epoch0[0]["masked_lm_positions"]).all(1)
     assert same.mean() < 0.2
     # deterministic, also after a restore
@@ -374,7 +386,7 @@ def test_dynamic_masking_statistics_and_freshness(unmasked_file, tok):
         masked[r, b["masked_lm_positions"][r, c]] = True
         orig = b["input_ids"].copy()
         orig[r, b["masked_lm_positions"][r, c]] = b["masked_lm_ids"][r, c]
-        special = pretraining.structural_special_mask(b["input_mask"], b["segment_ids"])
+        special = pretraining.structural_special_mask(b["attention_mask"], b["token_type_ids"])
         word = np.cumsum(tok.word_start_table[orig] | special, axis=1)
         for i in range(len(orig)):
             for wid in np.unique(word[i][masked[i]]):
@@ -414,13 +426,13 @@ def test_script_output_trains_through_the_pipeline(tmp_path, tok):
                         intermediate_size=64, max_position_embeddings=32)
     model = BertForPreTraining(config)
     first = next(it)
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), first["input_ids"], first["input_mask"],
-                                 first["segment_ids"], masked_positions=first["masked_lm_positions"])
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), first["input_ids"], first["attention_mask"],
+                                 first["token_type_ids"], masked_positions=first["masked_lm_positions"])
     opt = optax.adam(3e-3)
     opt_state = opt.init(params)
 
     def loss_fn(p, batch):
-        out = model.apply(p, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
+        out = model.apply(p, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                           masked_positions=batch["masked_lm_positions"])
         logp = jax.nn.log_softmax(out.mlm_logits.astype(jnp.float32))
         nll = -jnp.take_along_axis(logp, batch["masked_lm_ids"][..., None], axis=-1)[..., 0]

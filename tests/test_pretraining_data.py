@@ -126,7 +126,7 @@ def _check_spans(finder, feats, unmasked, limit=None, sentence_order=False):
     """A and B are real contiguous spans; for label 0, B follows A in the same document."""
     n = len(unmasked) if limit is None else min(limit, len(unmasked))
     for i in range(n):
-        a, b = _split_ab(unmasked[i], feats["input_mask"][i], feats["segment_ids"][i])
+        a, b = _split_ab(unmasked[i], feats["attention_mask"][i], feats["token_type_ids"][i])
         occ_a, occ_b = finder.find(a), finder.find(b)
         assert occ_a, f"instance {i}: A is not a contiguous span of any document"
         assert occ_b, f"instance {i}: B is not a contiguous span of any document"
@@ -263,8 +263,8 @@ def test_pairs_are_spans_of_the_source(store):
 def test_short_seq_prob_makes_shorter_sequences(store, tok):
     long = _many_instances(store, _config(tok, short_seq_prob=0.0), rounds=1)
     short = _many_instances(store, _config(tok, short_seq_prob=1.0), rounds=1)
-    len_long = long["input_mask"].sum(1).mean()
-    len_short = short["input_mask"].sum(1).mean()
+    len_long = long["attention_mask"].sum(1).mean()
+    len_short = short["attention_mask"].sum(1).mean()
     assert len_long > 110 and len_short < 0.75 * len_long, (len_long, len_short)
 
 
@@ -273,14 +273,14 @@ def test_instances_reproduce_the_tokenised_source(store, tok):
     feats = _many_instances(store, config, rounds=1)
     unmasked = _unmask(feats)
     # [CLS] A [SEP] B [SEP] layout
-    lengths = feats["input_mask"].sum(1)
+    lengths = feats["attention_mask"].sum(1)
     rows = np.arange(len(lengths))
     assert (unmasked[:, 0] == tok.cls_id).all()
     assert (unmasked[rows, lengths - 1] == tok.sep_id).all()
-    n_a = ((feats["segment_ids"] == 0) & (feats["input_mask"] > 0)).sum(1)
+    n_a = ((feats["token_type_ids"] == 0) & (feats["attention_mask"] > 0)).sum(1)
     assert (unmasked[rows, n_a - 1] == tok.sep_id).all()
-    assert (feats["input_ids"][feats["input_mask"] == 0] == tok.pad_id).all()
-    assert (feats["segment_ids"][feats["input_mask"] == 0] == 0).all()
+    assert (feats["input_ids"][feats["attention_mask"] == 0] == tok.pad_id).all()
+    assert (feats["token_type_ids"][feats["attention_mask"] == 0] == 0).all()
     _check_spans(_SpanFinder(store), feats, unmasked, limit=600)
 
 
@@ -290,7 +290,7 @@ def test_masking_statistics(store, tok):
     n_inst = len(feats["input_ids"])
     assert n_inst > 5000
     unmasked = _unmask(feats)
-    lengths = feats["input_mask"].sum(1)
+    lengths = feats["attention_mask"].sum(1)
     w = feats["masked_lm_weights"]
     k = np.minimum(20, np.maximum(1, np.round(lengths * 0.15))).astype(int)
     assert (w.sum(1) == k).all()       # always enough candidates here
@@ -303,7 +303,7 @@ def test_masking_statistics(store, tok):
         p = pos[i][valid[i]]
         assert (np.diff(p) > 0).all()
     # never [CLS]/[SEP]/[PAD]
-    special = pretraining.structural_special_mask(feats["input_mask"], feats["segment_ids"])
+    special = pretraining.structural_special_mask(feats["attention_mask"], feats["token_type_ids"])
     rows = np.nonzero(valid)[0]
     assert not special[rows, pos[valid]].any()
     assert (feats["input_ids"][special] == unmasked[special]).all()
@@ -329,7 +329,7 @@ def test_whole_word_masking_never_splits_a_word(store, tok):
     config = _config(tok, whole_word_mask=True)
     feats = _many_instances(store, config, rounds=1)
     unmasked = _unmask(feats)
-    special = pretraining.structural_special_mask(feats["input_mask"], feats["segment_ids"])
+    special = pretraining.structural_special_mask(feats["attention_mask"], feats["token_type_ids"])
     starts = tok.word_start_table[unmasked] | special
     masked = np.zeros_like(special)
     rows, cols = np.nonzero(feats["masked_lm_weights"] > 0)
@@ -343,7 +343,7 @@ def test_whole_word_masking_never_splits_a_word(store, tok):
             assert masked[i][members].all(), f"instance {i}: word {wid} partly masked"
             multi_piece_words += members.sum() > 1
     assert multi_piece_words > 200
-    lengths = feats["input_mask"].sum(1)
+    lengths = feats["attention_mask"].sum(1)
     k = np.minimum(20, np.maximum(1, np.round(lengths * 0.15)))
     got = feats["masked_lm_weights"].sum(1)
     assert (got <= k).all() and got.mean() > 0.95 * k.mean()
@@ -390,18 +390,10 @@ def _core(tok, **kw):
 
 
 def _read(path):
-    import tensorflow as tf
-
+    """The raw records and ``{in-memory name: array [N, K]}``, every record with the same features."""
     raws = records.read_raw_records(path)
-    if not raws:
-        return raws, {}
-    feats = {k: [] for k in tf.train.Example.FromString(raws[0]).features.feature}
-    for r in raws:
-        ex = records.parse_example_bytes(r)
-        assert set(ex) == set(feats)
-        for k in feats:
-            feats[k].append(ex[k])
-    return raws, {k: np.stack(v) for k, v in feats.items()}
+    assert all(set(records.parse_example_bytes(r)) == set(records.parse_example_bytes(raws[0])) for r in raws)
+    return raws, records.read_examples(path)
 
 
 def test_script_output_format_and_summary(tmp_path, tok, doc_files, store):
@@ -411,10 +403,11 @@ def test_script_output_format_and_summary(tmp_path, tok, doc_files, store):
     import tensorflow as tf
 
     spec = records.feature_spec(64, 10)
-    ds = tf.data.TFRecordDataset(str(out)).batch(100_000)
-    parsed = tf.io.parse_example(next(iter(ds)), spec)
+    serialized = next(iter(tf.data.TFRecordDataset(str(out)).batch(100_000)))
+    parsed = tf.io.parse_example(serialized, spec)       # on disk: the original's feature names
     assert sorted(parsed) == sorted(["input_ids", "input_mask", "segment_ids", "masked_lm_positions",
                                      "masked_lm_ids", "masked_lm_weights", "next_sentence_labels"])
+    assert sorted(records.parse_example_bytes(records.read_raw_records(str(out), 1)[0])) == sorted(parsed)
     n = summary["num_instances"]
     assert n > 1000
     for name, shape, dtype in [("input_ids", (n, 64), tf.int64), ("input_mask", (n, 64), tf.int64),
@@ -431,7 +424,14 @@ def test_script_output_format_and_summary(tmp_path, tok, doc_files, store):
     assert on_disk["input_tokens"] == store.num_tokens and on_disk["input_documents"] == store.num_docs
     assert on_disk["masked_tokens"] == int(parsed["masked_lm_weights"].numpy().sum())
     assert on_disk["real_tokens"] == int(parsed["input_mask"].numpy().sum())
-    feats = {k: v.numpy() for k, v in parsed.items()}
+    # in memory: the model's names, the same arrays
+    feats = {k: v.numpy() for k, v in records.parse_fn(64, 10)(serialized).items()}
+    assert sorted(feats) == sorted(["input_ids", "attention_mask", "token_type_ids", "masked_lm_positions",
+                                    "masked_lm_ids", "masked_lm_weights", "next_sentence_labels"])
+    for memory, file in [("attention_mask", "input_mask"), ("token_type_ids", "segment_ids"),
+                         ("input_ids", "input_ids")]:
+        np.testing.assert_array_equal(feats[memory], parsed[file].numpy())
+    np.testing.assert_array_equal(records.read_examples(str(out))["attention_mask"], feats["attention_mask"])
     _check_spans(_SpanFinder(store), feats, _unmask(feats), limit=300)
     # no temporary files left behind
     assert sorted(os.listdir(tmp_path)) == ["out.tfrecord", "out.tfrecord.summary.json"]
@@ -443,7 +443,9 @@ def test_dynamic_masking_records(tmp_path, tok, doc_files):
                     dynamic_masking=True)
     raws, feats = _read(str(out))
     assert summary["record_kind"] == "unmasked" and len(raws) == summary["num_instances"] > 50
-    assert sorted(feats) == ["input_ids", "input_mask", "next_sentence_labels", "segment_ids"]
+    assert sorted(records.parse_example_bytes(raws[0])) == ["input_ids", "input_mask", "next_sentence_labels",
+                                                            "segment_ids"]     # on disk
+    assert sorted(feats) == ["attention_mask", "input_ids", "next_sentence_labels", "token_type_ids"]
     assert not (feats["input_ids"] == tok.mask_id).any()
 
 
@@ -521,13 +523,13 @@ def test_bad_input_is_handled(tmp_path, tok):
     assert summary["input_documents"] == 4
     raws, feats = _read(str(out))
     assert len(raws) == summary["num_instances"] > 40
-    assert (feats["input_mask"].sum(1) <= 32).all()
+    assert (feats["attention_mask"].sum(1) <= 32).all()
     assert feats["input_ids"].shape[1] == 32
     one_sentence_docs = [tok.encode("The only sentence of the first document."),
                          tok.encode("Second document, one sentence too.")]
     unmasked = _unmask(feats)
     for i in range(len(unmasked)):
-        a, _ = _split_ab(unmasked[i], feats["input_mask"][i], feats["segment_ids"][i])
+        a, _ = _split_ab(unmasked[i], feats["attention_mask"][i], feats["token_type_ids"][i])
         if any(list(a) == d for d in one_sentence_docs):
             assert feats["next_sentence_labels"][i, 0] == 1     # a one-sentence chunk always gets a random B
     # the long line is cut into contiguous pieces
@@ -535,7 +537,7 @@ def test_bad_input_is_handled(tmp_path, tok):
     hay = np.asarray(long_ids, "<i4").tobytes()
     pieces = 0
     for i in range(len(unmasked)):
-        a, b = _split_ab(unmasked[i], feats["input_mask"][i], feats["segment_ids"][i])
+        a, b = _split_ab(unmasked[i], feats["attention_mask"][i], feats["token_type_ids"][i])
         for span in (a, b):
             if len(span) > 20 and np.asarray(span, "<i4").tobytes() in hay:
                 pieces += 1
@@ -600,7 +602,7 @@ def test_sentencepiece_tokenizer_with_whole_word_masking(tmp_path, doc_files):
     assert len(raws) == summary["num_instances"] > 100
     assert feats["input_ids"].max() < 800
     unmasked = _unmask(feats)
-    special = pretraining.structural_special_mask(feats["input_mask"], feats["segment_ids"])
+    special = pretraining.structural_special_mask(feats["attention_mask"], feats["token_type_ids"])
     word = np.cumsum(sp_tok.word_start_table[unmasked] | special, axis=1)
     masked = np.zeros_like(special)
     r, c = np.nonzero(feats["masked_lm_weights"] > 0)

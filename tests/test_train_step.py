@@ -20,7 +20,7 @@ def random_batch(n, seq_len=16, preds=4, vocab=64, seed=0):
     pos = np.stack([rng.choice(np.arange(1, l), preds, replace=False) for l in lengths])
     w = (rng.random((n, preds)) < 0.8).astype(np.float32)
     w[:, 0] = 1.0
-    return {"input_ids": (ids * mask).astype(np.int32), "input_mask": mask, "segment_ids": seg,
+    return {"input_ids": (ids * mask).astype(np.int32), "attention_mask": mask, "token_type_ids": seg,
             "masked_lm_positions": pos.astype(np.int32),
             "masked_lm_ids": rng.integers(5, vocab, (n, preds)).astype(np.int32),
             "masked_lm_weights": w, "next_sentence_labels": rng.integers(0, 2, (n, 1)).astype(np.int32)}
@@ -112,8 +112,8 @@ def test_loss_is_weighted_masked_mean(tiny):
     _, model, params = tiny
     b = random_batch(4, seed=5)
     sums = step_lib.pretrain_sums(model, params, b)
-    out = model.apply({"params": params}, b["input_ids"], attention_mask=b["input_mask"],
-                      token_type_ids=b["segment_ids"], deterministic=True)
+    out = model.apply({"params": params}, b["input_ids"], attention_mask=b["attention_mask"],
+                      token_type_ids=b["token_type_ids"], deterministic=True)
     logits = np.asarray(out.mlm_logits, np.float64)
     lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     nll, w = [], []

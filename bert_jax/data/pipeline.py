@@ -5,13 +5,16 @@ Usage (what the training loop sees)::
     it = make_iterator("data/wiki/pretraining-*.tfrecord", batch_size=per_host_batch, max_seq_length=128,
                        max_predictions_per_seq=20, seed=0, process_index=0, process_count=1)
     batch = next(it)        # dict of numpy arrays, leading dim = per-host batch:
-                            #   input_ids, input_mask, segment_ids            int32 [B, max_seq_length]
+                            #   input_ids, attention_mask, token_type_ids     int32 [B, max_seq_length]
                             #   masked_lm_positions, masked_lm_ids            int32 [B, max_predictions]
                             #   masked_lm_weights                             float32 [B, max_predictions]
                             #   next_sentence_labels                          int32 [B, 1] (1 = random next)
     state = it.get_state()  # small JSON-able dict; save it with the checkpoint
     it = make_iterator(..., state=state)   # or it.set_state(state): the next batches are exactly those
                                            # the uninterrupted run would have seen
+
+Batches use the model's names (``attention_mask``, ``token_type_ids``); the files keep the original's
+(``input_mask``, ``segment_ids``), and `bert_jax.data.records` translates.
 
 This module sees host numpy only: the caller says which slice of the global batch this host reads
 (``process_index`` / ``process_count``), and `bert_jax.training.parallel` puts batches on devices.
@@ -266,10 +269,10 @@ class PretrainingIterator:
         if hosts > 1:
             lo = self.process_index * per_host
             ds = ds.map(lambda serialized: serialized[lo:lo + per_host])
-        spec = records.feature_spec(cfg.max_seq_length, cfg.max_predictions_per_seq, self.record_kind)
+        parse_records = records.parse_fn(cfg.max_seq_length, cfg.max_predictions_per_seq, self.record_kind)
 
         def parse(serialized):
-            feats = tf.io.parse_example(serialized, spec)
+            feats = parse_records(serialized)
             return {k: (tf.cast(v, tf.int32) if v.dtype == tf.int64 else v) for k, v in feats.items()}
 
         ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -286,7 +289,7 @@ class PretrainingIterator:
         has_masks = self.record_kind == records.MASKED
         host, hosts = self.process_index, self.process_count
 
-        def mask_np(index, input_ids, input_mask, segment_ids, positions, label_ids, weights):
+        def mask_np(index, input_ids, attention_mask, token_type_ids, positions, label_ids, weights):
             ids = np.array(input_ids)
             if has_masks:  # put the original tokens back before drawing fresh masks
                 rows, cols = np.nonzero(weights > 0)
@@ -294,7 +297,7 @@ class PretrainingIterator:
             first = int(index) * b * hosts + host * b   # position in the epoch of this slice's first example
             rng = pretraining.KeyedRandom((_MASK_TAG, cfg.seed, epoch), np.arange(first, first + len(ids)))
             out = pretraining.dynamic_mask_batch(
-                {"input_ids": ids, "input_mask": input_mask, "segment_ids": segment_ids}, rng,
+                {"input_ids": ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}, rng,
                 masked_lm_prob=cfg.masked_lm_prob, max_predictions=npred, vocab_size=cfg.vocab_size,
                 mask_id=cfg.mask_id, whole_word=cfg.whole_word_mask, word_start_table=table)
             return (out["input_ids"].astype(np.int32), out["masked_lm_positions"].astype(np.int32),
@@ -307,13 +310,14 @@ class PretrainingIterator:
                 zeros = tf.zeros([b, 1], tf.int32)
                 extra = [zeros, zeros, tf.zeros([b, 1], tf.float32)]
             ids, pos, lab, w = tf.numpy_function(
-                mask_np, [index, batch["input_ids"], batch["input_mask"], batch["segment_ids"], *extra],
+                mask_np, [index, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], *extra],
                 [tf.int32, tf.int32, tf.int32, tf.float32], stateful=False)
             ids.set_shape([b, seq])
             pos.set_shape([b, npred])
             lab.set_shape([b, npred])
             w.set_shape([b, npred])
-            return {"input_ids": ids, "input_mask": batch["input_mask"], "segment_ids": batch["segment_ids"],
+            return {"input_ids": ids, "attention_mask": batch["attention_mask"],
+                    "token_type_ids": batch["token_type_ids"],
                     "masked_lm_positions": pos, "masked_lm_ids": lab, "masked_lm_weights": w,
                     "next_sentence_labels": batch["next_sentence_labels"]}
 

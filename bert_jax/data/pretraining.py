@@ -336,7 +336,7 @@ def assemble_pairs(tokens: np.ndarray, pairs: np.ndarray, max_seq_length: int, c
                    pad_id: int) -> dict[str, np.ndarray]:
     """``[CLS] A [SEP] B [SEP]`` padded to ``max_seq_length`` for pairs ``[N, 5]`` from :func:`document_pairs`.
 
-    Returns int32 ``input_ids``, ``input_mask``, ``segment_ids`` ``[N, L]``, ``next_sentence_labels [N, 1]``
+    Returns int32 ``input_ids``, ``attention_mask``, ``token_type_ids`` ``[N, L]``, ``next_sentence_labels [N, 1]``
     and the bool ``special_mask [N, L]`` of the [CLS]/[SEP]/padding positions.
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 5)
@@ -358,20 +358,20 @@ def assemble_pairs(tokens: np.ndarray, pairs: np.ndarray, max_seq_length: int, c
     ids[:, 0] = cls_id
     ids[rows, sep1[:, 0]] = sep_id
     ids[rows, total[:, 0] - 1] = sep_id
-    input_mask = (j < total).astype(np.int32)
-    segment_ids = ((j > sep1) & (j < total)).astype(np.int32)
-    return {"input_ids": ids, "input_mask": input_mask, "segment_ids": segment_ids,
+    attention_mask = (j < total).astype(np.int32)
+    token_type_ids = ((j > sep1) & (j < total)).astype(np.int32)
+    return {"input_ids": ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
             "next_sentence_labels": label.astype(np.int32), "special_mask": ~text_pos}
 
 
-def structural_special_mask(input_mask: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
+def structural_special_mask(attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
     """Positions of ``[CLS]``, both ``[SEP]`` and padding in ``[CLS] A [SEP] B [SEP]`` rows, from the
     layout alone (so a literal ``[SEP]`` inside the text is still a maskable token)."""
-    input_mask = np.asarray(input_mask)
-    segment_ids = np.asarray(segment_ids)
-    length = input_mask.sum(axis=-1, keepdims=True)
-    first_sep = ((segment_ids == 0) & (input_mask > 0)).sum(axis=-1, keepdims=True) - 1
-    j = np.arange(input_mask.shape[-1])
+    attention_mask = np.asarray(attention_mask)
+    token_type_ids = np.asarray(token_type_ids)
+    length = attention_mask.sum(axis=-1, keepdims=True)
+    first_sep = ((token_type_ids == 0) & (attention_mask > 0)).sum(axis=-1, keepdims=True) - 1
+    j = np.arange(attention_mask.shape[-1])
     return (j == 0) | (j == first_sep) | (j == length - 1) | (j >= length)
 
 
@@ -477,18 +477,18 @@ def mask_tokens(ids: np.ndarray, special_mask: np.ndarray, word_starts: np.ndarr
 def dynamic_mask_batch(batch: dict, rng: np.random.Generator, *, masked_lm_prob: float, max_predictions: int,
                        vocab_size: int, mask_id: int, whole_word: bool = False,
                        word_start_table: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Masks a batch of unmasked pairs (``input_ids``, ``input_mask``, ``segment_ids``, ...) with
+    """Masks a batch of unmasked pairs (``input_ids``, ``attention_mask``, ``token_type_ids``, ...) with
     :func:`mask_tokens`; returns the batch with the original's masked features."""
     ids = np.asarray(batch["input_ids"])
-    input_mask = np.asarray(batch["input_mask"])
-    special = structural_special_mask(input_mask, batch["segment_ids"])
+    attention_mask = np.asarray(batch["attention_mask"])
+    special = structural_special_mask(attention_mask, batch["token_type_ids"])
     word_starts = None
     if whole_word:
         if word_start_table is None:
             raise ValueError("whole-word dynamic masking needs the tokenizer's word_start_table")
         word_starts = np.asarray(word_start_table, dtype=bool)[ids]
     masked = mask_tokens(ids, special, word_starts, rng, masked_lm_prob, max_predictions, vocab_size, mask_id,
-                         whole_word=whole_word, lengths=input_mask.sum(axis=-1))
+                         whole_word=whole_word, lengths=attention_mask.sum(axis=-1))
     out = dict(batch)
     out.update(masked)
     return out
@@ -498,7 +498,8 @@ def dynamic_mask_batch(batch: dict, rng: np.random.Generator, *, masked_lm_prob:
 def create_instances(store: TokenStore, doc_indices: Sequence[int], config: InstanceConfig,
                      rnd: random.Random, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """All instances of some documents (one dupe round), masked unless ``config.dynamic_masking``, in a
-    random order. Returns ``{feature: array [N, ...]}`` with the record features (int32/float32)."""
+    random order. Returns ``{feature: array [N, ...]}`` with the record features (int32/float32), under
+    the in-memory names (`bert_jax.data.records` writes them under the file's)."""
     max_num_tokens = config.max_seq_length - 3
     pairs: list = []
     for d in doc_indices:
@@ -516,6 +517,6 @@ def create_instances(store: TokenStore, doc_indices: Sequence[int], config: Inst
     word_starts = config.word_start_table[feats["input_ids"]] if config.whole_word_mask else None
     masked = mask_tokens(feats["input_ids"], special, word_starts, rng, config.masked_lm_prob,
                          config.max_predictions_per_seq, config.vocab_size, config.mask_id,
-                         whole_word=config.whole_word_mask, lengths=feats["input_mask"].sum(axis=1))
+                         whole_word=config.whole_word_mask, lengths=feats["attention_mask"].sum(axis=1))
     feats.update(masked)
     return feats

@@ -10,10 +10,17 @@ MLPerf's BERT TFRecords use the same names, so all three read with one spec):
   ``segment_ids``, ``next_sentence_labels`` only. Word starts for whole-word masking are recomputed at read
   time from the tokenizer's ``word_start_table`` (an id alone says whether it starts a word).
 
+Names: on disk the records keep the original's feature names above; in memory every batch uses the
+model's argument names, ``attention_mask`` for ``input_mask`` and ``token_type_ids`` for ``segment_ids``
+(the other names are the same). This module is the only place that translates (`FILE_NAMES`): the
+writers take batches with the in-memory names, `parse_fn` and `read_examples` return them;
+`feature_kinds`, `feature_lengths`, `feature_spec` and `parse_example_bytes` describe the file and use
+the file's names.
+
 The writer needs no TensorFlow: ``tf.train.Example`` protos are encoded with numpy for a whole batch of
 instances at once (packed varints), framed as TFRecords with a vectorised CRC32C, and written to a
 temporary name that is ``os.replace``-d into place on success, so a partial file never looks complete.
-Parsing (``parse_fn``/``feature_spec``) imports TensorFlow lazily.
+Parsing (`parse_fn`/`feature_spec`) imports TensorFlow lazily.
 """
 
 from __future__ import annotations
@@ -33,16 +40,16 @@ except ImportError:  # pragma: no cover - google-crc32c is in requirements.txt
     _hw_crc = None
 
 __all__ = [
-    "MASKED", "UNMASKED", "RECORD_KINDS", "feature_spec", "feature_kinds",
+    "MASKED", "UNMASKED", "RECORD_KINDS", "FILE_NAMES", "batch_keys", "feature_spec", "feature_kinds", "parse_fn",
     "serialize_examples", "frame_records", "encode_records", "RecordWriter", "write_examples",
-    "crc32c", "masked_crc32c", "read_raw_records", "parse_example_bytes", "read_summaries",
+    "crc32c", "masked_crc32c", "read_raw_records", "parse_example_bytes", "read_examples", "read_summaries",
 ]
 
 MASKED = "masked"
 UNMASKED = "unmasked"
 RECORD_KINDS = (MASKED, UNMASKED)
 
-# Feature order as the original writes them; "f" = float_list, "i" = int64_list.
+# Feature names and order as the original writes them; "f" = float_list, "i" = int64_list.
 _MASKED_FEATURES = (
     ("input_ids", "i", "seq"), ("input_mask", "i", "seq"), ("segment_ids", "i", "seq"),
     ("masked_lm_positions", "i", "pred"), ("masked_lm_ids", "i", "pred"), ("masked_lm_weights", "f", "pred"),
@@ -54,6 +61,25 @@ _UNMASKED_FEATURES = (
 )
 
 
+# The one translation between the two vocabularies: in-memory batch key -> feature name in the file.
+FILE_NAMES = {"attention_mask": "input_mask", "token_type_ids": "segment_ids"}
+_MEMORY_NAMES = {file: memory for memory, file in FILE_NAMES.items()}
+
+
+def _to_file_names(features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A batch with the in-memory names -> the same arrays under the file's names (for the writers)."""
+    stale = sorted(set(features) & set(_MEMORY_NAMES))
+    if stale:
+        raise ValueError(f"in memory the features are named {[_MEMORY_NAMES[k] for k in stale]}, not {stale} "
+                         "(those are the names in the file; the writer translates)")
+    return {FILE_NAMES.get(k, k): v for k, v in features.items()}
+
+
+def _to_memory_names(features: Mapping) -> dict:
+    """Parsed features under the file's names -> the in-memory names (for the readers)."""
+    return {_MEMORY_NAMES.get(k, k): v for k, v in features.items()}
+
+
 def _features(kind: str):
     if kind == MASKED:
         return _MASKED_FEATURES
@@ -62,13 +88,18 @@ def _features(kind: str):
     raise ValueError(f"unknown record kind {kind!r}; expected one of {RECORD_KINDS}")
 
 
+def batch_keys(kind: str = MASKED) -> tuple[str, ...]:
+    """The in-memory names of a record kind's features, in the original's order."""
+    return tuple(_MEMORY_NAMES.get(name, name) for name, _, _ in _features(kind))
+
+
 def feature_kinds(kind: str = MASKED) -> dict[str, str]:
-    """``{name: "int64" | "float"}`` for a record kind, in the original's order."""
+    """``{name in the file: "int64" | "float"}`` for a record kind, in the original's order."""
     return {name: ("float" if t == "f" else "int64") for name, t, _ in _features(kind)}
 
 
 def feature_lengths(kind: str, max_seq_length: int, max_predictions_per_seq: int) -> dict[str, int]:
-    """``{name: length}`` of every feature of a record kind."""
+    """``{name in the file: length}`` of every feature of a record kind."""
     sizes = {"seq": int(max_seq_length), "pred": int(max_predictions_per_seq), "one": 1}
     return {name: sizes[size] for name, _, size in _features(kind)}
 
@@ -80,6 +111,15 @@ def feature_spec(max_seq_length: int, max_predictions_per_seq: int = 0, kind: st
     kinds = feature_kinds(kind)
     return {name: tf.io.FixedLenFeature([n], tf.float32 if kinds[name] == "float" else tf.int64)
             for name, n in feature_lengths(kind, max_seq_length, max_predictions_per_seq).items()}
+
+
+def parse_fn(max_seq_length: int, max_predictions_per_seq: int = 0, kind: str = MASKED):
+    """``parse(serialized [N]) -> {in-memory name: tensor [N, K]}`` (int64 / float32, as in the file):
+    ``tf.io.parse_example`` with `feature_spec`, renamed to the in-memory names. Imports TensorFlow."""
+    import tensorflow as tf
+
+    spec = feature_spec(max_seq_length, max_predictions_per_seq, kind)
+    return lambda serialized: _to_memory_names(tf.io.parse_example(serialized, spec))
 
 
 # ------------------------------------------------------------------------------------------- CRC32C
@@ -196,7 +236,9 @@ def _const(n: int, data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _example_parts(features: Mapping[str, np.ndarray], kinds: Mapping[str, str]):
-    """The byte columns of ``N`` serialized Examples: a list of ``(bytes [N, w], valid [N, w])``."""
+    """The byte columns of ``N`` serialized Examples: a list of ``(bytes [N, w], valid [N, w])``.
+    ``features`` has the in-memory names, ``kinds`` the file's."""
+    features = _to_file_names(features)
     names = list(kinds)
     n = None
     for name in names:
@@ -258,8 +300,9 @@ def serialize_examples(features: Mapping[str, np.ndarray], kinds: Mapping[str, s
     """Encodes ``N`` ``tf.train.Example`` protos at once.
 
     Args:
-      features: ``{name: array [N, K]}``; int64 features must be non-negative integers.
-      kinds: ``{name: "int64" | "float"}``; the order of ``kinds`` is the order written.
+      features: ``{in-memory name: array [N, K]}``; int64 features must be non-negative integers.
+      kinds: ``{name in the file: "int64" | "float"}`` (`feature_kinds`); the order of ``kinds`` is the
+        order written.
     Returns:
       ``(matrix uint8 [N, W], valid bool [N, W])``: row ``r``'s serialized Example is ``matrix[r][valid[r]]``.
     """
@@ -379,7 +422,7 @@ class RecordWriter:
         self.num_bytes += len(blob)
 
     def write(self, features: Mapping[str, np.ndarray], kinds: Mapping[str, str]) -> None:
-        """Encodes and appends a batch of instances."""
+        """Encodes and appends a batch of instances (``{in-memory name: array [N, K]}``)."""
         n = len(next(iter(features.values()))) if features else 0
         self.write_framed(encode_records(features, kinds), n)
 
@@ -414,9 +457,10 @@ class RecordWriter:
 
 
 def write_examples(path: str, features: Mapping[str, np.ndarray], kind: str = MASKED) -> int:
-    """Writes one TFRecord file of a record kind atomically; returns the number of records."""
+    """Writes one TFRecord file of a record kind atomically from ``{in-memory name: array [N, K]}``
+    (other keys are ignored); returns the number of records."""
     kinds = feature_kinds(kind)
-    missing = [k for k in kinds if k not in features]
+    missing = [k for k in batch_keys(kind) if k not in features]
     if missing:
         raise ValueError(f"{kind} records need features {missing}")
     with RecordWriter(path) as w:
@@ -450,7 +494,8 @@ def read_raw_records(path: str, limit: int | None = None) -> list[bytes]:
 
 
 def parse_example_bytes(serialized: bytes) -> dict[str, np.ndarray]:
-    """``{name: values}`` of one serialized ``tf.train.Example`` (via TensorFlow's proto class)."""
+    """``{name in the file: values}`` of one serialized ``tf.train.Example`` (via TensorFlow's proto class):
+    the record as stored, untranslated (for tests and validation)."""
     import tensorflow as tf
 
     ex = tf.train.Example.FromString(serialized)
@@ -466,6 +511,15 @@ def parse_example_bytes(serialized: bytes) -> dict[str, np.ndarray]:
         else:
             out[name] = np.zeros((0,), dtype=np.int64)
     return out
+
+
+def read_examples(path: str, limit: int | None = None) -> dict[str, np.ndarray]:
+    """``{in-memory name: array [N, K]}`` of a TFRecord file's Examples (int64 / float32), read with
+    `read_raw_records` (pure Python, for tests and validation; the input pipeline uses `parse_fn`)."""
+    rows = [parse_example_bytes(r) for r in read_raw_records(path, limit)]
+    if not rows:
+        return {}
+    return _to_memory_names({name: np.stack([row[name] for row in rows]) for name in rows[0]})
 
 
 def read_summaries(files) -> list[tuple[str, dict]]:

@@ -12,7 +12,8 @@ examples. The normalisers depend only on the batch, so they are computed before 
 each micro-batch (gradient accumulation) and each device contributes ``grad(local_sum) / global_count``,
 and the sum of those is exactly the gradient of the full-batch loss, on any number of devices and hosts.
 
-Batch keys (the TFRecord feature names): ``input_ids``, ``input_mask``, ``segment_ids`` [B, L];
+Batch keys (the model's argument names; `bert_jax.data.records` maps them to the TFRecord feature names):
+``input_ids``, ``attention_mask``, ``token_type_ids`` [B, L];
 ``masked_lm_positions``, ``masked_lm_ids``, ``masked_lm_weights`` [B, P]; ``next_sentence_labels``
 [B] or [B, 1] (1 = random next sentence, as the original).
 
@@ -36,7 +37,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-BATCH_KEYS = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "masked_lm_positions", "masked_lm_ids",
               "masked_lm_weights", "next_sentence_labels")
 
 
@@ -142,8 +143,8 @@ def sums_from_logits(mlm_logits_BxPxV, nsp_logits_Bx2, batch):
 def pretrain_sums(model, params, batch, rng=None, deterministic=True):
     """Forward pass (MLM logits only at the masked positions) -> `sums_from_logits`."""
     out = model.apply(
-        {"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
-        token_type_ids=batch["segment_ids"], masked_positions=batch["masked_lm_positions"],
+        {"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"], masked_positions=batch["masked_lm_positions"],
         deterministic=deterministic, rngs=None if deterministic else {"dropout": rng})
     return sums_from_logits(out.mlm_logits, out.nsp_logits, batch)
 
