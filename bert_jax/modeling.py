@@ -11,11 +11,13 @@ Post-LN Transformer encoder as in the original BERT (Devlin et al., 2018) and HF
   mesh can shard them with the rules in `bert_jax.training.parallel`.
 * ``masked_positions`` on the pre-training head: MLM logits only where they are needed (the original
   ``gather_indexes``).
-* ``Dense``, ``LayerNormalization`` and ``Dropout`` from `bert_jax.ops` (the parameters of flax's
-  ``DenseGeneral``, ``LayerNorm`` and the semantics of ``Dropout``, with hand-written kernels: bf16
-  matmuls with fp32 accumulation, fp32 LayerNorm statistics, 16-bit dropout decisions); exact GELU
-  through ``erf``; ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPUs) wherever
-  attention-probability dropout is off.
+* the layers ``config.kernels`` names (`KERNELS`): ``"fast"`` (the default) takes `bert_jax.ops`' drop-ins
+  for flax's ``DenseGeneral``, ``LayerNorm`` and ``Dropout`` (hand-written backward passes, bf16 matmuls
+  with fp32 accumulation, 16-bit dropout decisions) and ``jax.nn.dot_product_attention`` (cuDNN flash
+  attention on GPUs) wherever attention-probability dropout is off; ``"reference"`` takes flax's own
+  modules and the attention formula written out. The parameters are the same, so a checkpoint loads into
+  either (tests/test_reference_kernels.py holds the two equal).
+* exact GELU through ``erf``.
 
 Parameter tree (``params``)::
 
@@ -43,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -51,9 +52,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from bert_jax.ops.dense import Dense, dense_matmul  # noqa: F401 (dense_matmul: re-exported)
-from bert_jax.ops.dropout import Dropout, threefry2x32  # noqa: F401
-from bert_jax.ops.layer_norm import LayerNormalization, layer_norm  # noqa: F401
+from bert_jax.ops.dense import Dense
+from bert_jax.ops.dropout import Dropout
+from bert_jax.ops.layer_norm import LayerNormalization
 
 Array = jax.Array
 
@@ -75,8 +76,9 @@ NAMED_SIZES = {
 
 def _gelu_erf(x):
     """Exact GELU, ``x * (1 + erf(x / sqrt(2))) / 2`` (HF's and the original's ``gelu``). The same function
-    as ``jax.nn.gelu(x, approximate=False)``, which goes through ``erfc``: XLA's erfc costs twice its erf
-    on CPU (an exp and selects per element). Within 1.1e-6 of the float64 value in fp32 (erfc: 4e-7)."""
+    as ``jax.nn.gelu(x, approximate=False)``, which goes through ``erfc``, dearer than erf in XLA:CPU (an
+    exp and selects per element; measured in benchmarks/README.md). Within 1.1e-6 of the float64 value in
+    fp32 (erfc: 4e-7)."""
     half = jnp.asarray(0.5, x.dtype)
     return x * half * (1 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
 
@@ -123,6 +125,7 @@ class BertConfig:
     dtype: str = "float32"
     remat: bool = False
     attention_impl: str = "xla"   # or "splash": the Pallas TPU kernel (bert_jax/ops/splash_attention.py)
+    kernels: str = "fast"         # or "reference": flax's own layers instead of bert_jax/ops (`KERNELS`)
 
     def __post_init__(self):
         problems = []
@@ -141,6 +144,11 @@ class BertConfig:
                 problems.append(f"{name}={getattr(self, name)!r} must be in [0, 1)")
         if self.attention_impl not in ("xla", "splash"):
             problems.append(f"attention_impl={self.attention_impl!r} must be 'xla' or 'splash'")
+        if self.kernels not in KERNELS:
+            problems.append(f"kernels={self.kernels!r} must be one of {', '.join(map(repr, KERNELS))}")
+        elif self.kernels == "reference" and self.attention_impl == "splash":
+            problems.append("kernels='reference' computes attention by the formula; attention_impl='splash' is "
+                            "a kernel: set attention_impl='xla'")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             problems.append(f"dtype={self.dtype!r} must be float32, bfloat16 or float16")
         if problems:
@@ -246,13 +254,40 @@ def _zeros(*axes):
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
-def LayerNorm(config: BertConfig, name: str = "LayerNorm"):  # noqa: N802 (a module factory)
-    return LayerNormalization(epsilon=config.layer_norm_eps, dtype=config.dtype, name=name)
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    """The layers a model is built from; each class takes the constructor arguments of flax's."""
+    dense: Any              # nn.DenseGeneral's
+    layer_norm: Any         # nn.LayerNorm's
+    dropout: Any            # nn.Dropout's
+    fused_attention: bool   # jax.nn.dot_product_attention where the attention probabilities have no dropout
+
+
+KERNELS = {   # BertConfig.kernels -> its layers
+    "fast": Kernels(Dense, LayerNormalization, Dropout, fused_attention=True),   # bert_jax/ops
+    # flax's own modules; the variance about the mean (PyTorch's, and the fast kernel's)
+    "reference": Kernels(nn.DenseGeneral, functools.partial(nn.LayerNorm, use_fast_variance=False), nn.Dropout,
+                         fused_attention=False),
+}
 
 
 def _dense(config: BertConfig, features, axes, name, axis=-1):
-    return Dense(features=features, axis=axis, kernel_axes=axes, dtype=config.dtype,
-                 initializer_range=config.initializer_range, name=name)
+    """A dense layer over the trailing ``axis``: kernel [*in, *features] with the logical names ``axes``."""
+    n_features = len(features) if isinstance(features, tuple) else 1
+    return KERNELS[config.kernels].dense(
+        features=features, axis=axis, dtype=config.compute_dtype, param_dtype=jnp.float32,
+        kernel_init=_init(config, *axes), bias_init=_zeros(*axes[-n_features:]), name=name)
+
+
+def _layer_norm(config: BertConfig, name: str = "LayerNorm"):
+    return KERNELS[config.kernels].layer_norm(
+        epsilon=config.layer_norm_eps, dtype=config.compute_dtype, param_dtype=jnp.float32,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=_zeros("embed"), name=name)
+
+
+def _dropout(config: BertConfig, rate: float):
+    return KERNELS[config.kernels].dropout(rate)
 
 
 class BertEmbeddings(nn.Module):
@@ -269,8 +304,8 @@ class BertEmbeddings(nn.Module):
         x = embed(cfg.vocab_size, "word_embeddings", ("vocab", "embed"))(input_ids)
         x = x + embed(cfg.max_position_embeddings, "position_embeddings", (None, "embed"))(position_ids)
         x = x + embed(cfg.type_vocab_size, "token_type_embeddings", (None, "embed"))(token_type_ids)
-        x = LayerNorm(cfg)(x)
-        return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = _layer_norm(cfg)(x)
+        return _dropout(cfg, cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class BertSelfAttention(nn.Module):
@@ -284,26 +319,27 @@ class BertSelfAttention(nn.Module):
         qkv_BxLx3xNxD = _dense(cfg, (3, cfg.num_attention_heads, cfg.head_dim),
                                ("embed", None, "heads", "kv"), "qkv")(x_BxLxH)
         q_BxLxNxD, k_BxKxNxD, v_BxKxNxD = qkv_BxLx3xNxD[:, :, 0], qkv_BxLx3xNxD[:, :, 1], qkv_BxLx3xNxD[:, :, 2]
+        probs_dropout = not deterministic and cfg.attention_probs_dropout_prob > 0
         if cfg.attention_impl == "splash":   # padding forms its own segment (bert_jax/ops/splash_attention.py)
-            if not deterministic and cfg.attention_probs_dropout_prob > 0:
+            if probs_dropout:
                 raise ValueError("attention_impl='splash' has no dropout on the attention probabilities: set "
                                  "attention_probs_dropout_prob=0 (--config.model.attention_probs_dropout_prob=0.0)")
             from bert_jax.ops import splash_attention
             ctx_BxLxNxD = splash_attention.attention(q_BxLxNxD, k_BxKxNxD, v_BxKxNxD,
                                                      (bias_Bx1x1xK[:, 0, 0, :] == 0).astype(jnp.int32))
-        elif not deterministic and cfg.attention_probs_dropout_prob > 0:
+        elif probs_dropout or not KERNELS[cfg.kernels].fused_attention:   # the formula: fp32 scores, softmax
             q_BxLxNxD = q_BxLxNxD / jnp.sqrt(cfg.head_dim).astype(q_BxLxNxD.dtype)
             scores_BxNxLxK = jnp.einsum("bqnd,bknd->bnqk", q_BxLxNxD, k_BxKxNxD,
                                         preferred_element_type=jnp.float32)
             probs_BxNxLxK = jax.nn.softmax(scores_BxNxLxK + bias_Bx1x1xK, axis=-1)
-            probs_BxNxLxK = Dropout(cfg.attention_probs_dropout_prob)(probs_BxNxLxK, deterministic=False)
+            probs_BxNxLxK = _dropout(cfg, cfg.attention_probs_dropout_prob)(probs_BxNxLxK, deterministic)
             ctx_BxLxNxD = jnp.einsum("bnqk,bknd->bqnd", probs_BxNxLxK.astype(v_BxKxNxD.dtype), v_BxKxNxD)
         else:   # no dropout on the probabilities: the fused kernel (cuDNN flash attention on GPUs)
             ctx_BxLxNxD = jax.nn.dot_product_attention(q_BxLxNxD, k_BxKxNxD, v_BxKxNxD,
                                                        bias=bias_Bx1x1xK.astype(q_BxLxNxD.dtype))
         out_BxLxH = _dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "output", axis=(-2, -1))(ctx_BxLxNxD)
-        out_BxLxH = Dropout(cfg.hidden_dropout_prob)(out_BxLxH, deterministic=deterministic)
-        return LayerNorm(cfg)(out_BxLxH + x_BxLxH)
+        out_BxLxH = _dropout(cfg, cfg.hidden_dropout_prob)(out_BxLxH, deterministic=deterministic)
+        return _layer_norm(cfg)(out_BxLxH + x_BxLxH)
 
 
 class BertLayer(nn.Module):
@@ -316,8 +352,8 @@ class BertLayer(nn.Module):
         h_BxLxI = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x_BxLxH)
         h_BxLxI = _ACTIVATIONS[cfg.hidden_act](h_BxLxI)
         h_BxLxH = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(h_BxLxI)
-        h_BxLxH = Dropout(cfg.hidden_dropout_prob)(h_BxLxH, deterministic=deterministic)
-        return LayerNorm(cfg, name="output_LayerNorm")(h_BxLxH + x_BxLxH)
+        h_BxLxH = _dropout(cfg, cfg.hidden_dropout_prob)(h_BxLxH, deterministic=deterministic)
+        return _layer_norm(cfg, name="output_LayerNorm")(h_BxLxH + x_BxLxH)
 
 
 class BertEncoder(nn.Module):
@@ -431,7 +467,7 @@ class _PredictionsHead(nn.Module):
         cfg = self.config
         h = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "transform")(h)
         h = _ACTIVATIONS[cfg.hidden_act](h)
-        h = LayerNorm(cfg, name="transform_LayerNorm")(h)
+        h = _layer_norm(cfg, name="transform_LayerNorm")(h)
         bias = self.param("bias", _zeros("vocab"), (cfg.vocab_size,), jnp.float32)
         logits = jnp.einsum("...h,vh->...v", h, word_embeddings_VxH.astype(h.dtype),
                             preferred_element_type=jnp.float32)
@@ -471,7 +507,7 @@ class BertForSequenceClassification(nn.Module):
         enc = BertModel(cfg, name="bert")(input_ids, attention_mask, token_type_ids, position_ids,
                                           deterministic)
         rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
-        pooled_BxH = Dropout(rate)(enc.pooled_output, deterministic=deterministic)
+        pooled_BxH = _dropout(cfg, rate)(enc.pooled_output, deterministic=deterministic)
         logits_BxC = _dense(cfg, self.num_labels, ("embed", None), "classifier")(pooled_BxH)
         return logits_BxC.astype(jnp.float32)
 
@@ -489,7 +525,7 @@ class BertForTokenClassification(nn.Module):
         enc = BertModel(cfg, add_pooling_layer=False, name="bert")(
             input_ids, attention_mask, token_type_ids, position_ids, deterministic)
         rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
-        x_BxLxH = Dropout(rate)(enc.sequence_output, deterministic=deterministic)
+        x_BxLxH = _dropout(cfg, rate)(enc.sequence_output, deterministic=deterministic)
         logits_BxLxC = _dense(cfg, self.num_labels, ("embed", None), "classifier")(x_BxLxH)
         return logits_BxLxC.astype(jnp.float32)
 

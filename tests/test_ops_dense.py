@@ -18,14 +18,16 @@ def _data(shape_in=(6, 5, 16), features=(3, 4)):
 
 
 def test_dense_matches_dense_general():
-    """Same parameter tree and init as nn.DenseGeneral; same outputs and gradients in fp32."""
+    """A drop-in for nn.DenseGeneral: same fields, parameter tree, logical names and init values; same
+    outputs and gradients in fp32."""
     x, _, w = _data()
-    ours = Dense(features=(3, 4), kernel_axes=("embed", "heads", "kv"))
-    ref = nn.DenseGeneral(features=(3, 4), kernel_init=nn.initializers.truncated_normal(0.02))
-    params = nn.meta.unbox(ours.init(jax.random.PRNGKey(1), x))
-    ref_params = ref.init(jax.random.PRNGKey(1), x)
+    init = nn.with_logical_partitioning(nn.initializers.truncated_normal(0.02), ("embed", "heads", "kv"))
+    ours, ref = Dense(features=(3, 4), kernel_init=init), nn.DenseGeneral(features=(3, 4), kernel_init=init)
+    boxed, ref_boxed = ours.init(jax.random.PRNGKey(1), x), ref.init(jax.random.PRNGKey(1), x)
+    assert nn.get_partition_spec(boxed) == nn.get_partition_spec(ref_boxed)   # logical names, kernel and bias
+    params, ref_params = nn.meta.unbox(boxed), nn.meta.unbox(ref_boxed)
     assert jax.tree_util.tree_map(np.shape, params) == jax.tree_util.tree_map(np.shape, ref_params)
-    np.testing.assert_allclose(params["params"]["kernel"], ref_params["params"]["kernel"], rtol=1e-6)
+    np.testing.assert_array_equal(params["params"]["kernel"], ref_params["params"]["kernel"])
     params = {"params": {"kernel": params["params"]["kernel"] * 10, "bias": jnp.arange(12.0).reshape(3, 4)}}
 
     def loss(module):
@@ -62,10 +64,10 @@ def test_dense_matmul_backward(dtype):
 
 def test_bf16_dense_outputs_bf16_from_fp32_params():
     x, _, _ = _data()
-    layer = Dense(features=(3, 4), kernel_axes=("embed", "heads", "kv"), dtype="bfloat16")
+    layer = Dense(features=(3, 4), dtype="bfloat16")
     params = layer.init(jax.random.PRNGKey(1), x)
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(nn.meta.unbox(params)))
     y = layer.apply(params, x)
     assert y.dtype == jnp.bfloat16
-    y32 = Dense(features=(3, 4), kernel_axes=("embed", "heads", "kv")).apply(params, x)
+    y32 = Dense(features=(3, 4)).apply(params, x)
     np.testing.assert_allclose(np.asarray(y, np.float32), y32, rtol=3e-2, atol=3e-2)

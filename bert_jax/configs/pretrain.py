@@ -47,7 +47,9 @@ def get_config(arg=None):
             ("attention_probs_dropout_prob", float), ("max_position_embeddings", int),
             ("type_vocab_size", int), ("initializer_range", float), ("layer_norm_eps", float),
             # "splash": the Pallas TPU attention kernel (needs attention_probs_dropout_prob=0.0)
-            ("attention_impl", str))})
+            ("attention_impl", str),
+            # "reference": flax's own layers instead of bert_jax/ops' kernels (same parameters)
+            ("kernels", str))})
     c.dtype = "float32"                 # compute dtype; "bfloat16" on TPU/GPU (params stay fp32)
     c.remat = False                     # jax.checkpoint each layer (large batches / long sequences)
 

@@ -1,9 +1,11 @@
 """Dense layers as one 2-D matmul over the flattened tokens, with a hand-written backward pass.
 
-`Dense` has ``flax.linen.DenseGeneral``'s parameters; `dense_matmul` computes ``x @ kernel`` in the
-compute dtype with fp32 accumulation and an fp32 result (``preferred_element_type``), in the forward and
-in both backward products (`dot_f32`), so bf16 runs use the hardware's bf16 x bf16 -> fp32 matmuls (TPU
-MXU, GPU tensor cores) and the kernel gradient reaches the fp32 parameter without a bf16 rounding.
+`Dense` is a drop-in for ``flax.linen.DenseGeneral`` (its fields and parameters); `dense_matmul` computes
+``x @ kernel`` in the compute dtype with fp32 accumulation and an fp32 result (``preferred_element_type``),
+in the forward and in both backward products (`dot_f32`), so bf16 runs use the hardware's bf16 x bf16 ->
+fp32 matmuls (TPU MXU, GPU tensor cores) and the kernel gradient reaches the fp32 parameter
+without a bf16 rounding. ``BertConfig(kernels="reference")`` uses ``DenseGeneral`` itself instead; the
+measured speed of each form is in benchmarks/README.md.
 Reference test: tests/test_ops_dense.py (and the PyTorch gradient parity in tests/test_parity.py).
 """
 
@@ -70,19 +72,25 @@ def _dense_matmul_bwd(dtype, residuals, dy_TxO):
 dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
 
 
-def _bias_axes(features, axes):
-    return axes[-len(features):]
+def _reshaped(value, shape):
+    """``value`` reshaped to ``shape``, inside its metadata box (logical axis names) when it has one."""
+    if isinstance(value, nn.meta.AxisMetadata):
+        return nn.meta.replace_boxed(value, value.unbox().reshape(shape))
+    return value.reshape(shape)
 
 
 class Dense(nn.Module):
-    """``flax.linen.DenseGeneral``'s parameters (``kernel`` [*in, *features], ``bias`` [*features], fp32,
-    logical axis names ``kernel_axes``) over trailing input axes; inputs and kernel in ``dtype`` with an
-    fp32 matmul result, the bias added in fp32, the output in ``dtype``."""
+    """A drop-in for ``flax.linen.DenseGeneral`` over trailing input axes: its fields, parameter names,
+    shapes and initialisation (``kernel`` [*in, *features] drawn as a [prod(in), prod(features)] matrix,
+    ``bias`` [*features], both in ``param_dtype``). Inputs and kernel in ``dtype`` (default: promoted from the
+    input and the parameters, as flax's) with an fp32 matmul result (`dense_matmul`), the bias added in fp32,
+    the output in ``dtype``."""
     features: Any
-    kernel_axes: tuple
     axis: Any = -1
-    dtype: str = "float32"
-    initializer_range: float = 0.02
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros_init()
 
     @nn.compact
     def __call__(self, x):
@@ -92,18 +100,12 @@ class Dense(nn.Module):
         if axis != tuple(range(x.ndim - len(axis), x.ndim)):
             raise ValueError(f"Dense contracts trailing input axes only, got axis={self.axis} for shape {x.shape}")
         in_shape = x.shape[axis[0]:]
-        normal = nn.initializers.truncated_normal(self.initializer_range)
-
-        def init_flat(rng, shape, dtype):  # drawn as [prod(in), prod(features)], as DenseGeneral does
-            flat = (math.prod(shape[:len(in_shape)]), math.prod(shape[len(in_shape):]))
-            return normal(rng, flat, dtype).reshape(shape)
-
-        axes = tuple(self.kernel_axes)
-        kernel = self.param("kernel", nn.with_logical_partitioning(init_flat, axes), in_shape + features,
-                            jnp.float32)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                               _bias_axes(features, axes)), features, jnp.float32)
-        dtype = jnp.dtype(self.dtype)
+        n_in, n_out = math.prod(in_shape), math.prod(features)
+        kernel = self.param("kernel", lambda rng, shape, dtype: _reshaped(
+            self.kernel_init(rng, (n_in, n_out), dtype), shape), in_shape + features, self.param_dtype)
+        bias = self.param("bias", lambda rng, shape, dtype: _reshaped(
+            self.bias_init(rng, (n_out,), dtype), shape), features, self.param_dtype)
+        dtype = jnp.dtype(self.dtype) if self.dtype is not None else jnp.result_type(x, kernel)
         lead = x.shape[:axis[0]]
-        y = dense_matmul(x.astype(dtype).reshape((-1,) + in_shape), kernel, dtype) + bias
+        y = dense_matmul(x.astype(dtype).reshape((-1,) + in_shape), kernel, dtype) + bias.astype(jnp.float32)
         return y.astype(dtype).reshape(lead + features)

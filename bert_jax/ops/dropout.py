@@ -20,8 +20,9 @@ import jax.numpy as jnp
 
 
 class Dropout(nn.Module):
-    """Inverted dropout with `keep_mask`'s 16-bit decisions; the ``"dropout"`` RNG stream, like flax's.
-    With non-threefry keys (``jax_default_prng_impl``), two decisions per ``jax.random.bits`` word."""
+    """``flax.linen.Dropout``'s semantics (``rate``; ``deterministic`` at the call; the ``"dropout"`` RNG
+    stream) with `keep_mask`'s 16-bit decisions: other random bits than flax's. With non-threefry keys
+    (``jax_default_prng_impl``), two decisions per ``jax.random.bits`` word."""
     rate: float
 
     @nn.compact

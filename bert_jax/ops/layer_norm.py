@@ -1,6 +1,6 @@
 """LayerNorm with fp32 statistics and a hand-written backward pass.
 
-`LayerNormalization` has ``flax.linen.LayerNorm``'s parameters; `layer_norm` computes the mean, then the
+`LayerNormalization` is a drop-in for ``flax.linen.LayerNorm``; `layer_norm` computes the mean, then the
 variance about it (as PyTorch does), in fp32 whatever the input dtype. The backward,
 ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` for ``g = dy * scale``, is written out because
 autodiff of the same maths makes XLA:CPU keep ``rstd * scale`` broadcast to the whole activation as a
@@ -10,6 +10,7 @@ residual. Reference test: tests/test_ops_layer_norm.py (flax's module and autodi
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -47,16 +48,20 @@ layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class LayerNormalization(nn.Module):
-    """``flax.linen.LayerNorm``'s parameters (``scale``, ``bias``: fp32, logical axis ``embed``) computed by
-    `layer_norm`; statistics in fp32 whatever the input, output in the compute ``dtype``, as flax's."""
-    epsilon: float = 1e-12
-    dtype: str = "float32"
+    """A drop-in for ``flax.linen.LayerNorm`` over the last axis (its fields and parameters: ``scale``,
+    ``bias`` [features] in ``param_dtype``) computed by `layer_norm`: statistics in fp32 whatever the input,
+    the variance about the mean (flax's ``use_fast_variance=False``), output in ``dtype`` (default: promoted
+    from the input and the parameters, as flax's)."""
+    epsilon: float = 1e-6
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    scale_init: Any = nn.initializers.ones_init()
+    bias_init: Any = nn.initializers.zeros_init()
 
     @nn.compact
     def __call__(self, x):
         features = x.shape[-1]
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-                           (features,), jnp.float32)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
-                          (features,), jnp.float32)
-        return layer_norm(x, scale, bias, self.epsilon, jnp.dtype(self.dtype))
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
+        dtype = jnp.dtype(self.dtype) if self.dtype is not None else jnp.result_type(x, scale)
+        return layer_norm(x, scale, bias, self.epsilon, dtype)
