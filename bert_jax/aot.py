@@ -230,7 +230,7 @@ def classification_step(config, topo: Topology, vocab_size: int, num_labels: int
     import jax.numpy as jnp
     import ml_collections
     from bert_jax import flops, modeling
-    from bert_jax.training import finetune, parallel, trainer as trainer_lib
+    from bert_jax.training import finetune, parallel, step as step_lib, trainer as trainer_lib
 
     set_rng_impl(config)
     bert_config = trainer_lib.model_config(config, vocab_size)
@@ -251,7 +251,11 @@ def classification_step(config, topo: Topology, vocab_size: int, num_labels: int
     for key in set(cache) - before:
         cache.pop(key)
     params = jax.eval_shape(lambda r: modeling.init_params(model, r), jax.random.PRNGKey(0))
-    state = ft.abstract_state(params)   # step, params, opt_state, lr_schedule: replicated
+    state = jax.tree_util.tree_map(   # step, params, opt_state, lr_schedule: replicated, as Finetuner places them
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=ft.replicated),
+        jax.eval_shape(lambda p: step_lib.TrainState(
+            step=jnp.zeros((), jnp.int32), params=p, opt_state=ft.tx.init(p), tx=ft.tx,
+            lr_schedule=jnp.zeros(jnp.shape(ft.lr_schedule), jnp.float32)), params))
     batch = _batch_structs(ft.mesh, {
         "input_ids": ((B, L), jnp.int32), "token_type_ids": ((B, L), jnp.int32),
         "attention_mask": ((B, L), jnp.int32), "labels": ((B,), jnp.int32), "weights": ((B,), jnp.float32)})

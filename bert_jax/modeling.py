@@ -335,8 +335,10 @@ class BertSelfAttention(nn.Module):
             probs_BxNxLxK = _dropout(cfg, cfg.attention_probs_dropout_prob)(probs_BxNxLxK, deterministic)
             ctx_BxLxNxD = jnp.einsum("bnqk,bknd->bqnd", probs_BxNxLxK.astype(v_BxKxNxD.dtype), v_BxKxNxD)
         else:   # no dropout on the probabilities: the fused kernel (cuDNN flash attention on GPUs)
-            ctx_BxLxNxD = jax.nn.dot_product_attention(q_BxLxNxD, k_BxKxNxD, v_BxKxNxD,
-                                                       bias=bias_Bx1x1xK.astype(q_BxLxNxD.dtype))
+            # The bias in the compute dtype, kept finite: float32's min is -inf in bfloat16, and a row
+            # with no attended key (a padding row of a batch) would be NaN, and its weight-0 loss too.
+            bias_Bx1x1xK = jnp.maximum(bias_Bx1x1xK, jnp.finfo(q_BxLxNxD.dtype).min).astype(q_BxLxNxD.dtype)
+            ctx_BxLxNxD = jax.nn.dot_product_attention(q_BxLxNxD, k_BxKxNxD, v_BxKxNxD, bias=bias_Bx1x1xK)
         out_BxLxH = _dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "output", axis=(-2, -1))(ctx_BxLxNxD)
         out_BxLxH = _dropout(cfg, cfg.hidden_dropout_prob)(out_BxLxH, deterministic=deterministic)
         return _layer_norm(cfg)(out_BxLxH + x_BxLxH)

@@ -202,3 +202,20 @@ def test_bf16_compute_in_both():
     assert within(fast.mlm_logits, reference.mlm_logits, 0.05)     # measured: 1.9% of the largest logit
     for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_ref)):
         assert within(a, b, 0.1)                                    # measured: at most 2.2% of the largest
+
+
+@pytest.mark.parametrize("kernels", ["fast", "reference"])
+def test_bf16_padding_rows_stay_finite(kernels):
+    """A batch's padding rows (attention_mask all 0, weight 0) give finite outputs in bfloat16: float32's
+    most negative mask bias would be -inf in bfloat16 and make such a row NaN -- and the weighted loss
+    with it (0 x NaN)."""
+    cfg = modeling.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=64, max_position_embeddings=16, dtype="bfloat16", kernels=kernels)
+    model = modeling.BertForSequenceClassification(cfg, num_labels=2)
+    params = modeling.init_params(model, jax.random.PRNGKey(0))
+    ids = np.ones((2, 8), np.int32)
+    mask = np.ones((2, 8), np.int32)
+    mask[0, 5:], mask[1] = 0, 0
+    out = model.apply({"params": params}, ids, attention_mask=mask, token_type_ids=np.zeros_like(ids),
+                      deterministic=True)
+    assert np.isfinite(np.asarray(out, np.float32)).all(), out

@@ -71,8 +71,9 @@ def check_workdir_model(workdir: str, bert_config: modeling.BertConfig) -> None:
     if not ckpt_lib.is_bert_jax_dir(workdir):
         return
     saved, _ = ckpt_lib.read_marker(workdir)
-    # How to compute (dtype, remat, attention kernel) may change between runs; the architecture may not.
-    ours = bert_config.replace(dtype=saved.dtype, remat=saved.remat, attention_impl=saved.attention_impl)
+    # How to compute (dtype, remat, attention and other kernels) may change between runs; the architecture may not.
+    ours = bert_config.replace(dtype=saved.dtype, remat=saved.remat, attention_impl=saved.attention_impl,
+                              kernels=saved.kernels)
     if saved != ours:
         diffs = [f"{f.name}: workdir {getattr(saved, f.name)!r} vs config {getattr(ours, f.name)!r}"
                  for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(ours, f.name)]

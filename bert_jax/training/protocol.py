@@ -54,7 +54,9 @@ def load_model_and_tokenizer(config):
     if config.max_seq_length > model_config.max_position_embeddings:
         raise ValueError(f"max_seq_length={config.max_seq_length} exceeds the model's max_position_embeddings="
                          f"{model_config.max_position_embeddings}")
-    model_config = model_config.replace(hidden_dropout_prob=float(config.get("hidden_dropout_prob", 0.1)))
+    model_config = model_config.replace(hidden_dropout_prob=float(config.get("hidden_dropout_prob", 0.1)),
+                                        dtype=str(config.get("dtype", None) or model_config.dtype),
+                                        kernels=str(config.get("kernels", None) or model_config.kernels))
     return model_config, pretrained, tokenizer
 
 

@@ -60,6 +60,7 @@ def run_fingerprint(opts, kind: str, num_labels: int, model_config: modeling.Ber
             digest.update(a.tobytes())
     options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name not in _NOT_IN_FINGERPRINT}
     return plain_json({"kind": kind, "num_labels": int(num_labels), "model_config": model_config.to_hf_dict(),
+                       "compute": {"dtype": model_config.dtype, "kernels": model_config.kernels},
                        "options": options, "data_sha256": digest.hexdigest()})
 
 

@@ -42,6 +42,8 @@ def get_config(arg=None):
     c.tokenizer = ""                   # default: the checkpoint's own vocab / SentencePiece model
     c.model_size = arg.size
     c.hidden_dropout_prob = 0.1
+    c.dtype = "float32"                # compute dtype: bfloat16 = bf16 matmuls, fp32 params/optimizer/statistics
+    c.kernels = "fast"                 # or "reference": plain flax modules instead of bert_jax/ops (modeling.KERNELS)
 
     # Optimisation (BERT paper: batch 32, lr in {2,3,5}e-5, 3 epochs, 10% warmup, AdamW wd 0.01).
     c.max_seq_length = 128

@@ -54,8 +54,8 @@ def get_config(arg=None):
     c.standardize = True
     c.max_iter = 2000
 
-    # Fine-tuning beside the probe: experiments/classification's train_and_evaluate on the same split,
-    # with the same checkpoint, tokenizer and max_seq_length, and these hyper-parameters.
+    # Fine-tuning beside the probe: the shared fine-tuning protocol (bert_jax.training.protocol) on the
+    # probe's encoded splits (same checkpoint, tokenizer, max_seq_length, train subset), these hyper-parameters.
     c.compare_finetune = False
     c.finetune = ml_collections.ConfigDict(dict(
         num_epochs=3.0, learning_rate=5e-5, global_batch_size=32, eval_batch_size=128, seeds="0",

@@ -8,7 +8,8 @@ each C of the grid; the C with the best dev main metric is kept and scored on de
 Writes ``workdir/results.json``: ``metrics`` (dev, at the chosen C), ``test_metrics``, ``c_grid`` (dev
 scores of every C), ``best_c``, ``feature_extraction`` (seconds, examples/s), data sizes, the config;
 ``workdir/predictions_<split>.csv`` (idx, label, prediction); with ``compare_finetune`` also
-``workdir/finetune/`` (experiments/classification on the same split) and a side-by-side ``comparison``.
+``workdir/finetune/`` (the shared fine-tuning protocol on the same encoded split) and a side-by-side
+``comparison``.
 """
 
 import os
@@ -46,18 +47,34 @@ def _save_npz(path, **arrays):
     fileio.atomic_write(path, buf.getvalue())
 
 
-def finetune_config(config):
-    """experiments/classification's config for the same task, files, checkpoint and sequence length."""
-    from experiments.classification import config as classification_config
+def finetune_beside(config, workdir: str, spec, model_config, pretrained, encoded) -> dict:
+    """Fine-tuning on the probe's own encoded splits (the same train subset, tokens and checkpoint) with
+    ``config.finetune``'s hyper-parameters, through the shared lr x seed protocol; writes and returns
+    ``workdir/results.json`` as experiments/classification would."""
+    import ml_collections
 
-    c = classification_config.get_config(f"task={config.task},size={config.model_size}")
-    for key in ("train_file", "eval_file", "test_file", "text_fields", "label_field", "data_dir",
-                "init_checkpoint", "tokenizer", "max_seq_length", "train_fraction", "data_seed"):
-        c[key] = config[key]
-    for key, value in config.finetune.items():
-        c[key] = value
-    c.save_best_model = False
-    return c
+    from bert_jax.training import protocol as protocol_lib
+
+    ft_config = ml_collections.ConfigDict(dict(config.finetune))
+    for key in ("task", "init_checkpoint", "tokenizer", "max_seq_length", "train_fraction", "data_seed"):
+        ft_config[key] = config[key]
+    ft_config.save_best_model = False
+
+    def evaluate(outputs):
+        return spec.metrics(encoded["dev"]["labels"], outputs.argmax(-1))
+
+    protocol = protocol_lib.run_protocol(ft_config, workdir, model_config, pretrained, "classification",
+                                         spec.num_labels, encoded["train"], encoded["dev"], evaluate,
+                                         spec.main_metric, task=config.task)
+    result = protocol.summary
+    for name, arrays in encoded.items():
+        if name not in ("train", "dev"):
+            outputs = protocol.best_finetuner.predict(protocol.best_params, arrays, int(ft_config.eval_batch_size))
+            key = "test_metrics" if name == "test" or name.startswith("test:") else f"{name}_metrics"
+            result[key] = spec.metrics(arrays["labels"], outputs.argmax(-1))
+    result["data_sizes"] = {name: int(len(a["input_ids"])) for name, a in encoded.items()}
+    protocol_lib.write_results(workdir, result)
+    return result
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -153,8 +170,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             result[key] = spec.metrics(labels[name], preds)
 
     if config.compare_finetune:
-        from experiments.classification import main as classification  # the same experiment, beside the probe
-        ft = classification.train_and_evaluate(finetune_config(config), os.path.join(workdir, "finetune"))
+        ft = finetune_beside(config, os.path.join(workdir, "finetune"), spec, model_config, pretrained, encoded)
         main = spec.main_metric
         result["finetune"] = {k: ft[k] for k in ("metrics", "spread", "seeds", "best_learning_rate", "steps",
                                                  "test_metrics") if k in ft}

@@ -38,7 +38,7 @@ RUN_KEYS = ("task", "train_file", "eval_file", "test_file", "text_fields", "labe
 
 def parse_grid(config):
     """(fractions, seeds, inits) from the config, each validated; one ValueError naming the field."""
-    from bert_jax.training.finetune import parse_list
+    from bert_jax.cli import parse_list
 
     try:
         fractions = parse_list(config.fractions, float)
@@ -194,7 +194,7 @@ def _plain(value):
 def budgets(config, n_train: int):
     """The label budgets as fractions of the training set: ``train_examples`` (counts) when given, else
     ``fractions``."""
-    from bert_jax.training.finetune import parse_list
+    from bert_jax.cli import parse_list
 
     if not config.get("train_examples"):
         return parse_grid(config)[0]
@@ -212,7 +212,7 @@ def budgets(config, n_train: int):
 
 
 def learning_rates(config):
-    from bert_jax.training.finetune import parse_list
+    from bert_jax.cli import parse_list
 
     if not config.get("learning_rates"):
         return [float(config.learning_rate)]
