@@ -154,13 +154,20 @@ def test_runs_of_a_protocol_compile_once_per_shape():
     assert any(not np.allclose(a, b) for a, b in leaves)
 
 
+# The optimizer-field tests: a one-layer model and one batch width (no length buckets), so that each optimizer
+# structure (its fields are compile-time constants of the step) costs one train and one predict compilation;
+# the runs with the default fields share theirs.
+OPT_CONFIG = CONFIG.replace(num_hidden_layers=1)
+OPT_BUCKETS = "none"
+
+
 def test_adam_fields_are_honoured():
     """Two steps of finetune() with unusual adam_b1/b2/eps equal optax's AdamW with those values."""
     train = make_arrays(16, seed=5)
-    model = finetune.build_model(CONFIG, "classification", 3)
+    model = finetune.build_model(OPT_CONFIG, "classification", 3)
     params = finetune.init_params(model, jax.random.PRNGKey(0))
     hyper = dict(adam_b1=0.5, adam_b2=0.7, adam_eps=1e-2)
-    cfg = cfg_for(learning_rate=1e-2, warmup_proportion=0.0, weight_decay=0.1, **hyper)
+    cfg = cfg_for(learning_rate=1e-2, warmup_proportion=0.0, weight_decay=0.1, length_buckets=OPT_BUCKETS, **hyper)
     res = finetune.finetune(model, "classification", params, train, train, lambda out: {"acc": 0.0}, "acc",
                             cfg, seed=7)
     assert res.steps == 2
@@ -169,20 +176,26 @@ def test_adam_fields_are_honoured():
                                                                   num_train_steps=2)))
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
         schedule, b1=0.5, b2=0.7, eps=1e-2, weight_decay=0.1, mask=optim.weight_decay_mask))
-    p, state = params, tx.init(params)
-    for batch, _ in batching.iterate_batches(train, 8, np.random.default_rng(7),
-                                             buckets=batching.bucket_lengths(L)):
+
+    @jax.jit
+    def reference_step(p, state, batch):
         def loss_fn(q):
             out = step_lib.finetune_forward(model, q, batch, True)
             total, count = step_lib.finetune_loss_sums("classification", out, batch)
             return total / count
         updates, state = tx.update(jax.grad(loss_fn)(p), state, p)
-        p = optax.apply_updates(p, updates)
+        return optax.apply_updates(p, updates), state
+
+    p, state = params, tx.init(params)
+    for batch, _ in batching.iterate_batches(train, 8, np.random.default_rng(7),
+                                             buckets=batching.bucket_lengths(L, OPT_BUCKETS)):
+        p, state = reference_step(p, state, batch)
     for a, b in zip(jax.tree_util.tree_leaves(res.params), jax.tree_util.tree_leaves(p)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
     # The defaults give another result: the fields are not ignored.
     other = finetune.finetune(model, "classification", params, train, train, lambda out: {"acc": 0.0}, "acc",
-                              cfg_for(learning_rate=1e-2, warmup_proportion=0.0, weight_decay=0.1), seed=7)
+                              cfg_for(learning_rate=1e-2, warmup_proportion=0.0, weight_decay=0.1,
+                                      length_buckets=OPT_BUCKETS), seed=7)
     assert any(not np.allclose(a, b, atol=1e-5) for a, b in
                zip(jax.tree_util.tree_leaves(other.params), jax.tree_util.tree_leaves(p)))
 
@@ -194,13 +207,14 @@ def test_each_optimizer_field_of_an_experiment_config_changes_the_result(tmp_pat
     train, dev = make_arrays(16, seed=5), make_arrays(8, seed=6)
     base = ml_collections.ConfigDict(dict(learning_rate=1e-2, learning_rates="", seeds="0", num_epochs=1.0,
                                           global_batch_size=8, eval_batch_size=16, warmup_proportion=0.0,
-                                          weight_decay=0.01, task="unused_by_the_protocol"))
+                                          weight_decay=0.1, length_buckets=OPT_BUCKETS,
+                                          task="unused_by_the_protocol"))
 
     def trained(workdir, **overrides):
         config = ml_collections.ConfigDict(base.to_dict())
         config.update(overrides)
         assert all(getattr(finetune.FinetuneOptions.from_config(config), k) == v for k, v in overrides.items())
-        res = protocol.run_protocol(config, str(workdir), CONFIG, None, "classification", 3, train, dev,
+        res = protocol.run_protocol(config, str(workdir), OPT_CONFIG, None, "classification", 3, train, dev,
                                     lambda out: {"acc": 0.0}, "acc", task="t")
         return jax.tree_util.tree_leaves(res.best_params)
     default = trained(tmp_path / "default")
