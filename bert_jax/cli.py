@@ -14,6 +14,10 @@ config's path fields (`PATH_FIELDS`) absolute with ``~`` expanded (users type re
 unless ``--verbosity`` is given and turns a ValueError / FloatingPointError into one ``name: message``
 line and exit status 1, instead of a traceback.
 
+Compiled programs are kept on disk (``--compilation_cache``, default ``~/.cache/bert_jax/jax``; ``""``:
+off; `enable_compilation_cache`): the second run of a command -- another seed, a resumed run, the next
+lr of a sweep in a new process -- loads its steps instead of compiling them again.
+
 Every main runs as several processes the same way (outside a Cloud TPU VM, where nothing is needed):
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I``, with every wait bounded
 (``--initialization_timeout``, ``--heartbeat_timeout``; `parallel.initialize_distributed`).
@@ -70,6 +74,9 @@ def define_flags(config_help: str, workdir_help: str = "Output directory (result
         config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
     if "workdir" not in FLAGS:
         flags.DEFINE_string("workdir", None, workdir_help)
+    if "compilation_cache" not in FLAGS:
+        flags.DEFINE_string("compilation_cache", "~/.cache/bert_jax/jax",
+                            "Directory where compiled programs are kept and reused across runs ('' = off).")
     if "coordinator_address" not in FLAGS:
         flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process runs off TPU VMs).")
         flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
@@ -90,6 +97,8 @@ def run(train_and_evaluate: Callable, name: str, before: Callable[[], None] | No
         memory.keep_freed_memory()
         if not FLAGS["verbosity"].present:  # Orbax logs every file it writes at INFO
             logging.set_verbosity(logging.WARNING)
+        if FLAGS.compilation_cache:
+            enable_compilation_cache(FLAGS.compilation_cache)
         try:
             from bert_jax.training import parallel
             parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
@@ -107,6 +116,20 @@ def run(train_and_evaluate: Callable, name: str, before: Callable[[], None] | No
             raise SystemExit(f"{name}: {e}") from None
 
     app.run(main)
+
+def enable_compilation_cache(directory: str, min_compile_seconds: float = 1.0) -> None:
+    """Keeps XLA's executables of compilations longer than ``min_compile_seconds`` in ``directory``
+    (least recently used dropped beyond 4 GiB); a program compiled before in any process is loaded, not
+    compiled. A ``JAX_COMPILATION_CACHE_DIR`` in the environment wins."""
+    import os
+
+    import jax
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    jax.config.update("jax_compilation_cache_dir", fileio.normalize_path(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
+    jax.config.update("jax_compilation_cache_max_size", 4 << 30)
+
 
 def parse_list(value, cast):
     """A comma-separated config value (or a list) as a list of ``cast`` values; one clear error otherwise."""

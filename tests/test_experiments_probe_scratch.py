@@ -26,12 +26,12 @@ def compilation_cache(tmp_path_factory):
     import jax
     from jax.experimental.compilation_cache import compilation_cache as cc
 
-    from experiments.pretrained_vs_scratch import main as pvs
+    from bert_jax import cli
 
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
+             "jax_persistent_cache_min_entry_size_bytes", "jax_compilation_cache_max_size")
     before = {name: getattr(jax.config, name) for name in names}
-    pvs.enable_compilation_cache(str(tmp_path_factory.mktemp("jax_cache")))
+    cli.enable_compilation_cache(str(tmp_path_factory.mktemp("jax_cache")), min_compile_seconds=0)
     yield
     for name, value in before.items():
         jax.config.update(name, value)

@@ -194,8 +194,10 @@ def test_finetuning_on_two_processes_resumes_and_matches_one(tiny_task, tmp_path
                                  "--num_processes=2", f"--process_id={i}", "--initialization_timeout=120",
                                  "--heartbeat_timeout=60") for i in range(2)]
 
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    one, two, cache = str(tmp_path / "one"), str(tmp_path / "two"), str(tmp_path / "jax_cache")
+    extra += (f"--compilation_cache={cache}",)   # a main's compiled programs are kept on disk (cli)
     results = run_processes([finetune_command(tiny_task, one, *extra)], str(tmp_path / "logs1"), 240, devices=8)
+    assert any(name.endswith("-cache") for name in os.listdir(cache)), os.listdir(cache)
     _check(results, "1 process x 8 devices")
     results = run_processes(on_two(two, "--config.max_steps_this_run=17"), str(tmp_path / "logs2"), 240)
     _check(results, "2 processes, stopped")

@@ -54,7 +54,8 @@ def sequence_lengths(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def _bucket_batches(lengths, buckets, batch_size, order):
     """[(bucket length, example indices)] in ``order`` within each bucket, ``batch_size`` each; what does
-    not fill a batch moves up to the next bucket, so only the very last batch is short (as unbucketed)."""
+    not fill a batch moves up to the next bucket, so only the very last batch is short (as unbucketed).
+    That batch is cut at the bucket of its own longest example, not at the longest bucket."""
     assigned = np.searchsorted(np.asarray(buckets), lengths[order])   # index of the smallest bucket >= length
     batches, carry = [], np.zeros(0, np.int64)
     for b, L in enumerate(buckets):
@@ -63,7 +64,7 @@ def _bucket_batches(lengths, buckets, batch_size, order):
         batches += [(L, idx[s:s + batch_size]) for s in range(0, full, batch_size)]
         carry = idx[full:]
     if len(carry):
-        batches.append((buckets[-1], carry))
+        batches.append((buckets[int(np.searchsorted(np.asarray(buckets), lengths[carry].max()))], carry))
     return batches
 
 

@@ -451,20 +451,10 @@ def linear_probe_grid(config, model_config, pretrained, encoded, spec, metric, f
     return out
 
 
-def enable_compilation_cache(directory: str) -> None:
-    """Keeps XLA's executables on disk. The runs of one fraction differ only in seed, init and subset --
-    the same shapes and learning-rate schedule, so the same programs -- and each run builds its steps
-    afresh (``protocol.run_protocol``); with the cache only the first run of a fraction compiles (on 2
-    CPU cores a compile costs 20-60 s, a cached one ~3 s)."""
-    import jax
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def _before():
     if FLAGS.config.compilation_cache:
-        enable_compilation_cache(os.path.join(FLAGS.workdir, "jax_cache"))
+        # The job's own cache, every compilation kept: its runs of one fraction share their programs.
+        cli.enable_compilation_cache(os.path.join(FLAGS.workdir, "jax_cache"), min_compile_seconds=0)
 
 
 if __name__ == "__main__":
