@@ -13,7 +13,8 @@
 #   DEV_FILE=dev.csv TEST_FILE=test.csv TEXT_FIELDS=text LABEL_FIELD=label OUT=runs/mine bash scripts/main_job.sh
 # Knobs: OUT, INIT_CHECKPOINT ("" = pre-train a tiny BERT from scratch), PRETRAIN_STEPS, BUDGETS, SEEDS,
 #   LEARNING_RATES (a grid; the best per arm x budget is picked on dev), MIN_TRAIN_STEPS, PRETRAIN_FLAGS /
-#   FINETUNE_FLAGS (extra --config.x=v). Re-running the same command resumes every stage.
+#   FINETUNE_FLAGS (extra --config.x=v), EVAL_EXAMPLES (a quick run, e.g. CI: at most this many evenly spaced
+#   dev and test rows; default all). Re-running the same command resumes every stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -33,6 +34,7 @@ LEARNING_RATES=${LEARNING_RATES:-}
 MIN_TRAIN_STEPS=${MIN_TRAIN_STEPS:-}
 PRETRAIN_FLAGS=${PRETRAIN_FLAGS:-}
 FINETUNE_FLAGS=${FINETUNE_FLAGS:-}
+EVAL_EXAMPLES=${EVAL_EXAMPLES:-}
 export TF_CPP_MIN_LOG_LEVEL=2 TOKENIZERS_PARALLELISM=false
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}   # this job is sized for a CPU machine
 T0=$(date +%s)
@@ -57,6 +59,27 @@ else
   [ -n "$CORPUS" ] || fail "TRAIN_FILE needs CORPUS: comma-separated globs of unlabelled text to pre-train on"
 fi
 case "$CORPUS_FORMAT" in lines|documents) ;; *) fail "CORPUS_FORMAT=$CORPUS_FORMAT: use lines or documents";; esac
+if [ -n "$EVAL_EXAMPLES" ]; then   # evenly spaced rows of dev and test (as JSON lines), for a quick run
+  [[ "$EVAL_EXAMPLES" =~ ^[1-9][0-9]*$ ]] || fail "EVAL_EXAMPLES=$EVAL_EXAMPLES: give a positive number of rows"
+  for split in DEV TEST; do
+    src=${split}_FILE; src=${!src}
+    [ -n "$src" ] || continue
+    dst=$OUT/eval_subset/$(echo "$split" | tr 'A-Z' 'a-z')_$EVAL_EXAMPLES.jsonl
+    [ -f "$dst" ] || $PY - "$src" "$dst" "$EVAL_EXAMPLES" <<'PYEOF' || fail "cannot take $EVAL_EXAMPLES rows of $src"
+import json, os, sys
+sys.path.insert(0, ".")
+from bert_jax.tasks.classification import read_table
+src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+_, rows = read_table(src)
+keep = [rows[i * len(rows) // n][1] for i in range(n)] if len(rows) > n else [r for _, r in rows]
+os.makedirs(os.path.dirname(dst), exist_ok=True)
+with open(dst + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in keep)
+os.replace(dst + ".tmp", dst)
+PYEOF
+    printf -v "${split}_FILE" %s "$dst"
+  done
+fi
 echo "labelled: $TRAIN_FILE / $DEV_FILE / ${TEST_FILE:-no test file}; unlabelled: $CORPUS ($CORPUS_FORMAT)"
 
 # Pre-training data settings come from the pre-training config.
