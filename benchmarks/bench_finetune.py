@@ -13,7 +13,9 @@ linear decay, clipping at 1.0, dropout 0.1, dev accuracy after every epoch, then
 
 Timed per run: load the pretrained weights -> fine-tune -> dev and test accuracy. The runs alternate
 (jax, torch, jax, torch, ... one seed each) because this VM's speed drifts; bert_jax's first run compiles,
-later ones (another seed, as in the lr x seed protocol) reuse the compiled steps: both are reported.
+later ones (another seed, as in the lr x seed protocol) reuse the compiled steps: both are reported. With
+``--compilation_cache=DIR`` (what every bert_jax main does by default) a second invocation loads the first's
+compiled programs from disk: run it twice to measure a new process with a warm cache.
 
     .venv/bin/python benchmarks/bench_finetune.py --seeds=0,1 --num_epochs=1 --json=/tmp/bench_ft.json
 
@@ -44,6 +46,8 @@ flags.DEFINE_integer("max_seq_length", 128, "Tokens per example at most.")
 flags.DEFINE_float("train_fraction", 1.0, "Train on this random fraction of the training split (data seed 0).")
 flags.DEFINE_string("length_buckets", "", "bert_jax's length buckets ('' = default, 'none' = pad to max).")
 flags.DEFINE_integer("threads", 0, "torch CPU threads (0 = torch's default).")
+flags.DEFINE_string("compilation_cache", "", "bert_jax's on-disk compilation cache (as every main keeps it in "
+                    "~/.cache/bert_jax/jax); '' = off: the first jax run compiles everything.")
 flags.DEFINE_string("json", "", "Write the results here.")
 FLAGS = flags.FLAGS
 
@@ -189,6 +193,9 @@ def main(argv):
     memory.keep_freed_memory()   # as every bert_jax script does (cli.run); the torch runs get it too
     if FLAGS.threads:
         torch.set_num_threads(FLAGS.threads)
+    if FLAGS.compilation_cache:
+        from bert_jax import cli
+        cli.enable_compilation_cache(FLAGS.compilation_cache)
     model_dir = FLAGS.model_dir or default_model_dir()
     data = load_data(model_dir)
     lengths = data["train"]["attention_mask"].sum(1)
@@ -214,7 +221,7 @@ def main(argv):
         with open(FLAGS.json, "w", encoding="utf-8") as f:
             json.dump({"flags": {k: FLAGS[k].value for k in ("seeds", "learning_rate", "num_epochs", "batch_size",
                                                             "eval_batch_size", "max_seq_length", "train_fraction",
-                                                            "length_buckets")},
+                                                            "length_buckets", "compilation_cache")},
                        "train_mean_tokens": float(np.mean(lengths)), "runs": runs}, f, indent=1)
 
 
