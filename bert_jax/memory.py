@@ -4,11 +4,9 @@ glibc ``malloc`` serves every block above ``M_MMAP_THRESHOLD`` (128 KiB to 32 Mi
 ``mmap`` and gives it back with ``munmap`` when freed; threads allocate from their own arenas, which can
 hold no block above 64 MiB and give freed memory back to the kernel too. A loop that allocates the same
 large temporaries each iteration -- numpy batch code, XLA:CPU's buffers every train step (a 1 GiB
-temporary allocation at BERT-base, batch 8) -- then page-faults all of that memory in again each time:
-measured on a 2-core VM, 230,000-290,000 faults and ~20% of the CPU time of every BERT-Mini/base step,
-and a third of the system time of ``scripts/create_pretraining_data.py``. :func:`keep_freed_memory`
-makes glibc serve everything from one heap (one arena, no ``mmap``) and never trim it, so freed blocks
-are reused without faults: the BERT-Mini train step 1.2-1.3x, BERT-base 1.08x faster, system time ~0. The cost is
+temporary allocation at BERT-base, batch 8) -- then page-faults all of that memory in again each time
+(measurements in benchmarks/README.md). :func:`keep_freed_memory` makes glibc serve everything from one
+heap (one arena, no ``mmap``) and never trim it, so freed blocks are reused without faults. The cost is
 that the heap does not shrink back after a peak -- fine for a job that runs one workload until it exits
 -- and that threads share one allocator lock.
 

@@ -465,8 +465,8 @@ class WordPieceTokenizer(Tokenizer):
         Plain ASCII texts (no control characters, no literal special tokens) -- nearly all of English
         text -- take a fast path: BERT's normaliser and pre-tokenizer reduce to lower-casing and one regex
         (words of letters/digits, single punctuation characters), and each distinct word is WordPiece'd
-        once by the Rust model and remembered. The Rust tokenizer costs ~30 us per call, which dominates on
-        sentences; the fast path is ~4x quicker per core. Other texts go through the full Rust pipeline.
+        once by the Rust model and remembered: the Rust tokenizer's per-call cost dominates on sentences
+        (figures in benchmarks/README.md). Other texts go through the full Rust pipeline.
         """
         if isinstance(texts, str):
             raise TypeError("encode_batch takes a list of strings, not one string; use encode()")

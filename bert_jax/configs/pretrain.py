@@ -104,8 +104,8 @@ def get_config(arg=None):
     c.init_checkpoint = ""
     c.seed = 0
     # PRNG for dropout. "threefry" (JAX's default) gives the same masks whatever the device layout, so
-    # pmap/jit and 1-host/N-host runs match; "unsafe_rbg" (MaxText's default) makes dropout masks ~4x
-    # cheaper -- a 25% faster step for small models on CPU -- but its bits depend on the sharding.
+    # pmap/jit and 1-host/N-host runs match; "unsafe_rbg" (MaxText's default) makes dropout masks
+    # cheaper (figures in benchmarks/README.md) but its bits depend on the sharding.
     c.rng_impl = "threefry"
 
     # Periodic work.
