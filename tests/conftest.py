@@ -10,7 +10,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# One on-disk compilation cache for the session, set before anything compiles (jax decides once, at the first
+# compilation, whether a cache is used). Tests build new Trainers / Finetuners / jitted functions for the same
+# programs again and again; jax's in-memory caches are per function object and miss, this one is keyed by the
+# program and loads the executable instead of compiling it again. Only programs that took over a second.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="bert_jax_tests_jax_cache_")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, True)
+jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+jax.config.update("jax_compilation_cache_max_size", 2 << 30)   # least recently used dropped beyond 2 GiB
 
 
 @pytest.fixture(scope="session")
