@@ -214,7 +214,7 @@ def _command(task, workdir, *extra):
             f"--config.train_file={task['train']}", f"--config.eval_file={task['dev']}",
             f"--config.test_file={task['test']}", "--config.max_seq_length=32", "--config.num_epochs=4",
             "--config.global_batch_size=8", "--config.eval_batch_size=16", "--config.learning_rate=1e-3",
-            "--config.seeds=0,1", "--config.checkpoint_every_steps=5", *extra]
+            "--config.seeds=0,1", "--config.checkpoint_every_steps=10", *extra]
 
 
 def _env(cache):
